@@ -1,0 +1,187 @@
+"""The canonical cohort contract: one YAML file, loaded and checked here, used everywhere.
+
+``load_contract()`` returns a :class:`CohortContract`; ``contract.pandera_schema()`` validates a cohort frame
+strictly at a stage boundary; ``contract.empty_frame()`` gives the typed, empty canonical frame adapters fill.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import pandera.pandas as pa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+Dtype = Literal["string", "category", "float", "int", "bool"]
+Role = Literal["identifier", "metadata", "baseline_predictor", "early_predictor", "outcome", "provenance"]
+Timing = Literal["baseline", "first_dose", "acute", "end_of_induction", "week8"]
+
+TIMING_ORDER: tuple[Timing, ...] = ("baseline", "first_dose", "acute", "end_of_induction", "week8")
+PREDICTOR_ROLES: frozenset[str] = frozenset({"baseline_predictor", "early_predictor"})
+
+# pandas dtypes of the canonical frame: nullable everywhere, so missing stays missing until the model.
+PANDAS_DTYPE: dict[str, str] = {
+    "string": "string",
+    "category": "string",
+    "float": "float64",
+    "int": "Int64",
+    "bool": "boolean",
+}
+
+
+class ColumnSpec(BaseModel):
+    """One canonical column."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    dtype: Dtype
+    role: Role
+    description: str = Field(min_length=5)
+    unit: str | None = None
+    min: float | None = None
+    max: float | None = None
+    levels: tuple[str, ...] | None = None
+    timing: Timing | None = None
+    nullable: bool = True
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnSpec:
+        if self.dtype == "category" and not self.levels:
+            raise ValueError(f"column {self.name}: a category needs 'levels'")
+        if self.levels is not None and self.dtype != "category":
+            raise ValueError(f"column {self.name}: only category columns take 'levels'")
+        if self.levels is not None and len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"column {self.name}: duplicate levels")
+        numeric = self.dtype in ("float", "int")
+        if (self.min is not None or self.max is not None) and not numeric:
+            raise ValueError(f"column {self.name}: min/max only apply to numeric columns")
+        if numeric and (self.min is None or self.max is None):
+            raise ValueError(f"column {self.name}: numeric columns need both min and max")
+        if self.min is not None and self.max is not None and self.min >= self.max:
+            raise ValueError(f"column {self.name}: min {self.min} must be below max {self.max}")
+        if self.role in PREDICTOR_ROLES | {"outcome"} and self.timing is None:
+            raise ValueError(f"column {self.name}: predictors and outcomes need a 'timing'")
+        if self.role == "baseline_predictor" and self.timing != "baseline":
+            raise ValueError(f"column {self.name}: a baseline predictor must have timing 'baseline'")
+        if self.role == "early_predictor" and self.timing != "first_dose":
+            raise ValueError(f"column {self.name}: an early predictor must have timing 'first_dose'")
+        if self.role == "outcome" and self.timing in ("baseline", "first_dose"):
+            raise ValueError(f"column {self.name}: an outcome cannot be known at '{self.timing}'")
+        return self
+
+    @property
+    def pandas_dtype(self) -> str:
+        return PANDAS_DTYPE[self.dtype]
+
+
+class CohortContract(BaseModel):
+    """The whole contract, with lookups by name and role."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int
+    timings: tuple[Timing, ...]
+    roles: tuple[Role, ...]
+    columns: tuple[ColumnSpec, ...]
+
+    @model_validator(mode="after")
+    def _unique(self) -> CohortContract:
+        names = [c.name for c in self.columns]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate column names: {duplicates}")
+        if tuple(self.timings) != TIMING_ORDER:
+            raise ValueError(f"timings must be exactly {list(TIMING_ORDER)} in clinical order")
+        if "patient_id" not in names or "cohort" not in names:
+            raise ValueError("the contract needs 'patient_id' and 'cohort' columns")
+        return self
+
+    @cached_property
+    def by_name(self) -> dict[str, ColumnSpec]:
+        return {c.name: c for c in self.columns}
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> ColumnSpec:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise ConfigError(f"'{name}' is not a canonical column", hint="see configs/cohort_schema.yaml") from None
+
+    def with_role(self, *roles: str) -> list[ColumnSpec]:
+        return [c for c in self.columns if c.role in roles]
+
+    def predictors_up_to(self, timing: Timing) -> list[ColumnSpec]:
+        """Predictor columns measured at or before ``timing``: the leakage rule in one place."""
+        cutoff = TIMING_ORDER.index(timing)
+        return [
+            c
+            for c in self.columns
+            if c.role in PREDICTOR_ROLES and c.timing is not None and TIMING_ORDER.index(c.timing) <= cutoff
+        ]
+
+    def empty_frame(self, n_rows: int = 0) -> pd.DataFrame:
+        """A canonical frame of ``n_rows`` all-missing rows with the contract's dtypes."""
+        return pd.DataFrame(
+            {c.name: pd.Series([None] * n_rows, dtype=c.pandas_dtype) for c in self.columns}
+        )
+
+    def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Order columns as in the contract and cast to its dtypes (values are not range-checked here)."""
+        missing = [n for n in self.names if n not in frame.columns]
+        if missing:
+            raise ConfigError(f"canonical frame lacks columns {missing}")
+        return frame[self.names].astype({c.name: c.pandas_dtype for c in self.columns})
+
+    def pandera_schema(self) -> pa.DataFrameSchema:
+        """A strict schema: exact columns in order, dtypes, ranges, levels, nullability, unique ids per cohort."""
+        columns = {}
+        for c in self.columns:
+            checks = []
+            if c.min is not None and c.max is not None:
+                checks.append(pa.Check.in_range(c.min, c.max))
+            if c.levels:
+                checks.append(pa.Check.isin(list(c.levels)))
+            columns[c.name] = pa.Column(c.pandas_dtype, checks=checks, nullable=c.nullable)
+        return pa.DataFrameSchema(
+            columns,
+            strict=True,
+            ordered=True,
+            coerce=True,
+            unique=["cohort", "patient_id"],
+            name="canonical_cohort",
+        )
+
+
+def load_contract(path: Path | None = None) -> CohortContract:
+    """Read and check ``configs/cohort_schema.yaml``; a broken file is a ConfigError naming it."""
+    if path is None:
+        from pipeline.paths import ProjectPaths  # noqa: PLC0415 (keeps the contract importable without a project)
+
+        path = ProjectPaths.discover().cohort_schema
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("cohort contract not found", file=path, hint="restore configs/cohort_schema.yaml") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=path) from None
+    try:
+        return CohortContract.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc), file=path) from None
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
