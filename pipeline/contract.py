@@ -130,9 +130,7 @@ class CohortContract(BaseModel):
 
     def empty_frame(self, n_rows: int = 0) -> pd.DataFrame:
         """A canonical frame of ``n_rows`` all-missing rows with the contract's dtypes."""
-        return pd.DataFrame(
-            {c.name: pd.Series([None] * n_rows, dtype=c.pandas_dtype) for c in self.columns}
-        )
+        return pd.DataFrame({c.name: pd.Series([None] * n_rows, dtype=c.pandas_dtype) for c in self.columns})
 
     def coerce(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Order columns as in the contract and cast to its dtypes (values are not range-checked here)."""
