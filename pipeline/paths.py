@@ -55,6 +55,10 @@ class ProjectPaths:
         return self.configs / "cohort_schema.yaml"
 
     @property
+    def scale_conversions(self) -> Path:
+        return self.configs / "scale_conversions.yaml"
+
+    @property
     def sources_dir(self) -> Path:
         return self.configs / "sources"
 

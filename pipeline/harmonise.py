@@ -1,0 +1,446 @@
+"""Shared harmonisation: a staged frame from any source adapter becomes canonical rows plus quarantine rows.
+
+The clean stage and the scorer both call :func:`harmonise`, so training and scoring see identical values.
+Steps, in order (each one vectorised):
+
+1. identifiers: a row without a patient id cannot be linked to anyone (``missing_id``);
+2. numbers: parsed; text that is not a number is ``wrong_type``; counts must be whole numbers;
+3. codes: categories and yes/no flags are mapped through the source's code lists (case and surrounding spaces
+   ignored); a value not in the list is ``unknown_code``;
+4. units: weight to kg, height to m; BMI derived from them where it is missing;
+5. scales: depression totals are range-checked on the scale they were recorded on, then converted onto MADRS
+   (configs/scale_conversions.yaml); the source scale is kept in ``madrs_source_scale``;
+6. ranges: every number outside the contract's range is an ``impossible_value`` (quarantined, never clipped);
+7. duplicates: among valid records of one patient the most complete wins, then the latest update, then the
+   first in file order; the others are quarantined as ``duplicate_record`` naming the winner;
+8. outcomes: response, remission, sustained response and percent change are derived from the MADRS scores.
+
+A row with several problems is quarantined once, under its first problem; the message lists all of them.
+Missing values stay missing (imputation belongs to the models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pandera.errors
+
+from pipeline.contract import CohortContract
+from pipeline.errors import PipelineError
+from pipeline.quarantine import Reason, quarantine_frame
+from pipeline.scales import ScaleConversions
+from pipeline.sources import BOOKKEEPING_COLUMNS
+from pipeline.sources.spec import TabularSourceSpec
+
+RESPONSE_FRACTION = 0.5  # response = MADRS drop >= 50 % from baseline (literature.md §1)
+REMISSION_MAX_MADRS = 10.0  # remission = MADRS <= 10 (SYNAPSE, KetECT; literature.md §1)
+
+
+@dataclass(frozen=True)
+class HarmoniseRules:
+    """Source-specific knowledge harmonisation needs, keyed by canonical column."""
+
+    source: str
+    categorical: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # column -> {code: level}
+    passthrough: frozenset[str] = frozenset()
+    boolean: frozenset[str] = frozenset()
+    boolean_lookup: Mapping[str, bool] = field(default_factory=dict)
+    weight_units: Mapping[str, float] | None = None  # unit code -> factor to kg
+    height_units: Mapping[str, float] | None = None  # unit code -> factor to m
+    scale_lookup: Mapping[str, str] | None = None  # scale code -> scale name; None: all scores are MADRS
+    score_columns: tuple[str, ...] = ()  # canonical MADRS columns recorded on the per-row scale
+    constants: Mapping[str, object] = field(default_factory=dict)  # values the source fixes (cohort, route, ...)
+    resolve_duplicates: bool = True
+
+
+@dataclass
+class HarmoniseResult:
+    cohort: pd.DataFrame  # canonical, validated
+    quarantine: pd.DataFrame  # quarantine_frame() rows, one per quarantined input row
+    conversions: dict[str, int]  # values converted, by kind
+
+
+def _norm(series: pd.Series) -> pd.Series:
+    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing."""
+    text = series.astype("string").str.strip().str.casefold()
+    return text.mask(text == "")
+
+
+def _lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
+    return {str(code).strip().casefold(): level for level, code_list in codes.items() for code in code_list}
+
+
+def rules_from_tabular_spec(
+    spec: TabularSourceSpec, *, constants: Mapping[str, object] | None = None, resolve_duplicates: bool = True
+) -> HarmoniseRules:
+    categorical = {m.canonical: _lookup(m.codes) for m in spec.categorical.values() if m.codes is not None}
+    passthrough = frozenset(m.canonical for m in spec.categorical.values() if m.passthrough)
+    boolean_lookup: dict[str, bool] = {}
+    if spec.boolean_codes:
+        boolean_lookup = {
+            str(code).strip().casefold(): key == "true" for key, codes in spec.boolean_codes.items() for code in codes
+        }
+    scores = spec.depression_scores
+    return HarmoniseRules(
+        source=spec.name,
+        categorical=categorical,
+        passthrough=passthrough,
+        boolean=frozenset(spec.boolean.values()),
+        boolean_lookup=boolean_lookup,
+        weight_units=dict(spec.body_size.weight.units) if spec.body_size else None,
+        height_units=dict(spec.body_size.height.units) if spec.body_size else None,
+        scale_lookup=_lookup(scores.scale_codes) if scores else None,
+        score_columns=tuple(scores.columns.values()) if scores else (),
+        constants=dict(constants or {"cohort": spec.name}),
+        resolve_duplicates=resolve_duplicates,
+    )
+
+
+class _Issues:
+    """Collects (reason, column, row mask, message per row) in the order problems are found."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.index = index
+        self.items: list[tuple[Reason, str, np.ndarray, pd.Series]] = []
+
+    def add(self, reason: Reason, column: str, mask: pd.Series | np.ndarray, messages: pd.Series | str) -> None:
+        mask_arr = np.asarray(mask, dtype=bool)
+        if not mask_arr.any():
+            return
+        if isinstance(messages, str):
+            messages = pd.Series(messages, index=self.index, dtype="string")
+        self.items.append((reason, column, mask_arr, messages.astype("string")))
+
+    def any_mask(self) -> np.ndarray:
+        out = np.zeros(len(self.index), dtype=bool)
+        for _, _, mask, _ in self.items:
+            out |= mask
+        return out
+
+
+def _shown(values: pd.Series) -> pd.Series:
+    return values.astype("string").fillna("<missing>")
+
+
+def harmonise(
+    staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, scales: ScaleConversions
+) -> HarmoniseResult:
+    """Turn a staged frame into validated canonical rows and quarantine rows (see module docstring)."""
+    staged = staged.reset_index(drop=True)
+    issues = _Issues(staged.index)
+    out = pd.DataFrame(index=staged.index)
+    conversions: dict[str, int] = {}
+
+    # 1. identifiers
+    ids = staged["patient_id"].astype("string").str.strip() if "patient_id" in staged else None
+    if ids is None:
+        raise PipelineError("staged frame has no patient_id column", hint="check the source's id_column mapping")
+    ids = ids.mask(ids == "")
+    issues.add(Reason.MISSING_ID, "patient_id", ids.isna(), "no patient identifier: the record cannot be linked")
+    out["patient_id"] = ids
+
+    # 2.–3. numbers and codes, column by column as the contract defines them
+    _parse_columns(staged, rules, contract, issues, out)
+
+    # 4. units and derived BMI
+    if rules.weight_units is not None and "weight_raw" in staged:
+        weight_kg, n_weight = _to_si(staged, "weight", rules.weight_units, "kg", issues)
+        height_m, n_height = _to_si(staged, "height", rules.height_units or {}, "m", issues)
+        conversions["weight_to_kg"] = n_weight
+        conversions["height_to_m"] = n_height
+        bmi = out["bmi"] if "bmi" in out else pd.Series(np.nan, index=staged.index)
+        derive = bmi.isna() & weight_kg.notna() & height_m.notna() & (height_m > 0)
+        out["bmi"] = bmi.where(~derive, weight_kg / height_m**2)
+        conversions["bmi_derived"] = int(derive.sum())
+
+    # 5. depression scores: range on the recorded scale, then onto MADRS
+    _harmonise_scores(staged, rules=rules, scales=scales, issues=issues, out=out, conversions=conversions)
+
+    # 6. contract ranges
+    _check_ranges(contract, issues, out)
+
+    for key, value in rules.constants.items():
+        out[key] = value
+
+    # bookkeeping for messages and duplicate order
+    for col in BOOKKEEPING_COLUMNS:
+        out[col] = staged.get(col, pd.NA)
+    quarantined = issues.any_mask()
+    quarantine_rows = _issue_rows(issues, staged, out, rules.source, quarantined)
+
+    kept = out.loc[~quarantined].copy()
+    if rules.resolve_duplicates:
+        kept, duplicates = _resolve_duplicates(kept, staged, contract, rules.source)
+        quarantine_rows = pd.concat([quarantine_rows, duplicates], ignore_index=True)
+
+    kept = _derive_outcomes(kept)
+    cohort = _to_contract(kept, contract, rules.source)
+    quarantine = quarantine_frame(quarantine_rows).sort_values(["source_row"], kind="stable").reset_index(drop=True)
+    return HarmoniseResult(cohort=cohort, quarantine=quarantine, conversions=conversions)
+
+
+def _parse_columns(
+    staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, issues: _Issues, out: pd.DataFrame
+) -> None:
+    """Parse numbers and map codes for every canonical column the staged frame has (fills ``out``)."""
+    for spec in contract.columns:
+        name = spec.name
+        if name in ("patient_id",) or name not in staged.columns or name in rules.score_columns:
+            continue
+        raw = staged[name]
+        if spec.dtype in ("float", "int"):
+            parsed = pd.to_numeric(raw, errors="coerce").astype("float64")
+            bad = raw.notna() & parsed.isna() & (_norm(raw.astype("string")).notna())
+            issues.add(Reason.WRONG_TYPE, name, bad, "'" + _shown(raw) + f"' is not a number ({name})")
+            if spec.dtype == "int":
+                fractional = parsed.notna() & (parsed != np.round(parsed))
+                issues.add(Reason.WRONG_TYPE, name, fractional, "'" + _shown(raw) + f"' is not a whole number ({name})")
+            out[name] = parsed
+        elif name in rules.passthrough:
+            out[name] = raw.astype("string").str.strip().mask(lambda s: s == "")
+        elif name in rules.boolean or spec.dtype == "bool":
+            normed = _norm(raw)
+            mapped = normed.map(rules.boolean_lookup)
+            unknown = normed.notna() & mapped.isna()
+            known = ", ".join(sorted(rules.boolean_lookup)) or "none configured"
+            issues.add(
+                Reason.UNKNOWN_CODE, name, unknown, "'" + _shown(raw) + f"' is not a yes/no code for {name} ({known})"
+            )
+            out[name] = mapped.astype("boolean")
+        elif spec.dtype == "category":
+            normed = _norm(raw)
+            lookup = rules.categorical.get(name)
+            if lookup is None:  # the source already records canonical levels
+                lookup = {level.casefold(): level for level in spec.levels or ()}
+            mapped = normed.map(lookup)
+            unknown = normed.notna() & mapped.isna()
+            hint = f"known: {', '.join(sorted(set(lookup)))}; add the code to configs/sources/{rules.source}.yaml"
+            issues.add(Reason.UNKNOWN_CODE, name, unknown, "'" + _shown(raw) + f"' is not a known {name} ({hint})")
+            out[name] = mapped.astype("string")
+        else:
+            out[name] = raw.astype("string")
+
+
+def _check_ranges(contract: CohortContract, issues: _Issues, out: pd.DataFrame) -> None:
+    """Flag every number outside the contract's range (never clipped)."""
+    for spec in contract.columns:
+        if spec.min is None or spec.max is None or spec.name not in out:
+            continue
+        values = out[spec.name]
+        outside = values.notna() & ((values < spec.min) | (values > spec.max))
+        issues.add(
+            Reason.IMPOSSIBLE_VALUE,
+            spec.name,
+            outside,
+            f"{spec.name} "
+            + _shown(values.round(2))
+            + f" is outside the possible range {spec.min:g}–{spec.max:g}"
+            + (f" {spec.unit}" if spec.unit else ""),
+        )
+
+
+def _to_si(
+    staged: pd.DataFrame, what: str, units: Mapping[str, float], si: str, issues: _Issues
+) -> tuple[pd.Series, int]:
+    raw = staged[f"{what}_raw"]
+    value = pd.to_numeric(raw, errors="coerce").astype("float64")
+    issues.add(
+        Reason.WRONG_TYPE,
+        what,
+        raw.notna() & value.isna() & _norm(raw.astype("string")).notna(),
+        "'" + _shown(raw) + f"' is not a number ({what})",
+    )
+    unit = _norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
+    lookup = {k.casefold(): v for k, v in units.items()}
+    factor = unit.map(lookup).astype("float64")
+    unknown = value.notna() & factor.isna()
+    issues.add(
+        Reason.UNKNOWN_CODE,
+        f"{what}_unit",
+        unknown,
+        "unit '" + _shown(unit) + f"' of {what} is not one of {', '.join(sorted(lookup))}",
+    )
+    converted = int((value.notna() & factor.notna() & (factor != 1.0)).sum())
+    return value * factor, converted
+
+
+def _harmonise_scores(
+    staged: pd.DataFrame,
+    *,
+    rules: HarmoniseRules,
+    scales: ScaleConversions,
+    issues: _Issues,
+    out: pd.DataFrame,
+    conversions: dict[str, int],
+) -> None:
+    present = [c for c in rules.score_columns if c in staged]
+    if rules.scale_lookup is None or "score_scale" not in staged:
+        scale = pd.Series(rules.constants.get("madrs_source_scale", "madrs"), index=staged.index, dtype="string")
+    else:
+        normed = _norm(staged["score_scale"])
+        scale = normed.map(rules.scale_lookup).astype("string")
+        unknown = normed.notna() & scale.isna()
+        issues.add(
+            Reason.UNKNOWN_CODE,
+            "score_scale",
+            unknown,
+            "depression scale '" + _shown(staged["score_scale"]) + "' is not MADRS, HAM-D17 or QIDS-SR16",
+        )
+        has_score = staged[present].notna().any(axis=1) if present else pd.Series(False, index=staged.index)
+        issues.add(Reason.INCONSISTENT, "score_scale", has_score & normed.isna(), "scores given without their scale")
+    out["madrs_source_scale"] = scale
+    for column in present:
+        raw = staged[column]
+        value = pd.to_numeric(raw, errors="coerce").astype("float64")
+        issues.add(
+            Reason.WRONG_TYPE,
+            column,
+            raw.notna() & value.isna() & _norm(raw.astype("string")).notna(),
+            "'" + _shown(raw) + f"' is not a number ({column})",
+        )
+        madrs = value.copy()
+        for name, (low, high) in scales.ranges.items():
+            on_scale = (scale == name).fillna(False).to_numpy()
+            recorded = value[on_scale]
+            outside = pd.Series(False, index=staged.index)
+            outside[on_scale] = recorded.notna() & ((recorded < low) | (recorded > high))
+            issues.add(
+                Reason.IMPOSSIBLE_VALUE,
+                column,
+                outside,
+                f"{column} " + _shown(value) + f" is outside the {name.upper()} range {low:g}–{high:g}",
+            )
+            if name != scales.target and on_scale.any():
+                madrs[on_scale] = scales.to_madrs(recorded.to_numpy(), name)
+                conversions[f"{name}_to_madrs"] = conversions.get(f"{name}_to_madrs", 0) + int(recorded.notna().sum())
+        # a top-of-scale HAM-D17 maps above 60 on the linear fit: cap at the MADRS maximum and count it
+        target_low, target_high = scales.ranges[scales.target]
+        converted = (scale != scales.target).fillna(False)
+        capped = converted & ((madrs > target_high) | (madrs < target_low))
+        conversions["converted_capped_to_madrs_range"] = conversions.get("converted_capped_to_madrs_range", 0) + int(
+            capped.sum()
+        )
+        out[column] = madrs.where(~converted, madrs.clip(target_low, target_high))
+
+
+def _issue_rows(
+    issues: _Issues, staged: pd.DataFrame, out: pd.DataFrame, source: str, quarantined: np.ndarray
+) -> pd.DataFrame:
+    if not quarantined.any():
+        return quarantine_frame()
+    first_reason = pd.Series(pd.NA, index=staged.index, dtype="string")
+    first_column = pd.Series(pd.NA, index=staged.index, dtype="string")
+    first_value = pd.Series(pd.NA, index=staged.index, dtype="string")
+    messages = pd.Series(pd.NA, index=staged.index, dtype="string")
+    for reason, column, mask, message in issues.items:
+        fresh = pd.Series(mask, index=staged.index) & first_reason.isna()
+        first_reason[fresh] = str(reason)
+        first_column[fresh] = column
+        source_col = {"weight": "weight_raw", "height": "height_raw"}.get(column, column)
+        if source_col in staged:
+            first_value[fresh] = staged.loc[fresh, source_col].astype("string")
+        messages = messages.where(~pd.Series(mask, index=staged.index), messages.str.cat(message, sep="; ", na_rep=""))
+        messages = messages.str.lstrip("; ")
+    rows = pd.DataFrame(
+        {
+            "source": source,
+            "source_file": out["source_file"],
+            "source_row": out["source_row"],
+            "patient_id": out["patient_id"],
+            "reason_code": first_reason,
+            "column": first_column,
+            "value": first_value,
+            "message": messages,
+        }
+    )
+    return rows.loc[quarantined]
+
+
+def _resolve_duplicates(
+    kept: pd.DataFrame, staged: pd.DataFrame, contract: CohortContract, source: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    dup_mask = kept["patient_id"].duplicated(keep=False)
+    if not dup_mask.any():
+        return kept, quarantine_frame()
+    canonical = [c for c in contract.names if c in kept.columns and c not in ("patient_id", "cohort")]
+    order = pd.DataFrame(
+        {
+            "patient_id": kept["patient_id"],
+            "completeness": kept[canonical].notna().sum(axis=1),
+            "updated_at": pd.to_datetime(staged.loc[kept.index, "updated_at"], errors="coerce")
+            if "updated_at" in staged
+            else pd.NaT,
+            "file_order": np.arange(len(kept)),
+        },
+        index=kept.index,
+    )
+    ranked = order.sort_values(
+        ["patient_id", "completeness", "updated_at", "file_order"],
+        ascending=[True, False, False, True],
+        na_position="last",
+        kind="stable",
+    )
+    winners = ranked.drop_duplicates("patient_id", keep="first")
+    losers_idx = ranked.index.difference(winners.index, sort=False)
+    losers_idx = kept.index[kept.index.isin(losers_idx)]  # file order
+    winner_row = kept.loc[winners.index].set_index("patient_id")["source_row"]
+    losers = kept.loc[losers_idx]
+    duplicates = pd.DataFrame(
+        {
+            "source": source,
+            "source_file": losers["source_file"],
+            "source_row": losers["source_row"],
+            "patient_id": losers["patient_id"],
+            "reason_code": str(Reason.DUPLICATE),
+            "column": "patient_id",
+            "value": losers["patient_id"],
+            "message": "another record of this patient was kept (row "
+            + losers["patient_id"].map(winner_row).astype("string")
+            + "): the most complete, then the latest updated_at, then the first in file order wins",
+        }
+    )
+    return kept.drop(index=losers_idx), duplicates
+
+
+def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
+    """Response, remission and percent change from the MADRS scores (missing where a score is missing)."""
+    frame = frame.copy()
+    base = frame["madrs_baseline"] if "madrs_baseline" in frame else pd.Series(np.nan, index=frame.index)
+
+    def col(name: str) -> pd.Series:
+        return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=frame.index)
+
+    def responded(score: pd.Series) -> pd.Series:
+        result = (score <= RESPONSE_FRACTION * base).astype("boolean")
+        return result.mask(score.isna() | base.isna())
+
+    acute, end, week8, placebo = col("madrs_acute"), col("madrs_end"), col("madrs_week8"), col("madrs_placebo_acute")
+    frame["response_acute"] = responded(acute)
+    frame["response_end"] = responded(end)
+    frame["remission_end"] = (end <= REMISSION_MAX_MADRS).astype("boolean").mask(end.isna())
+    sustained = responded(end) & responded(week8)
+    frame["sustained_week8"] = sustained
+    frame["response_placebo_acute"] = responded(placebo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pct = 100.0 * (acute - base) / base
+    frame["madrs_pct_change_acute"] = pct.where(base > 0)
+    return frame
+
+
+def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str) -> pd.DataFrame:
+    frame = kept.copy()
+    for spec in contract.columns:
+        if spec.name not in frame:
+            frame[spec.name] = pd.Series(None, index=frame.index, dtype=spec.pandas_dtype)
+    frame = contract.coerce(frame.reset_index(drop=True))
+    try:
+        return contract.pandera_schema().validate(frame, lazy=True)
+    except pandera.errors.SchemaErrors as exc:
+        cases = exc.failure_cases.head(10).to_string(index=False)
+        raise PipelineError(
+            f"harmonised '{source}' rows violate the canonical contract; nothing was written:\n{cases}",
+            hint="this is a bug in an adapter or in harmonisation: please report it with this message",
+        ) from None
