@@ -7,6 +7,7 @@ Each command is a thin shell over a stage's ``main``; heavy imports happen insid
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -29,6 +30,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# MLflow draws a progress bar for every local artifact copy; it is noise in stage logs and CI
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -89,6 +94,27 @@ def clean(verbose: Verbose = False) -> None:
     from pipeline.clean import main  # noqa: PLC0415
 
     run_guarded(main)
+
+
+Task = Annotated[str, typer.Argument(help="Task name from params.yaml 'tasks' (e.g. acute, course).")]
+
+
+@app.command()
+def split(task: Task, verbose: Verbose = False) -> None:
+    """Patient-level, stratified, seeded train/test split of the training cohort for TASK (params: split)."""
+    _configure_logging(verbose)
+    from pipeline.split import main  # noqa: PLC0415
+
+    run_guarded(lambda: main(task))
+
+
+@app.command()
+def train(task: Task, verbose: Verbose = False) -> None:
+    """Tune, calibrate and select TASK's model by CV; log to MLflow; register; save models/TASK (params: train)."""
+    _configure_logging(verbose)
+    from pipeline.train import main  # noqa: PLC0415
+
+    run_guarded(lambda: main(task))
 
 
 if __name__ == "__main__":  # pragma: no cover

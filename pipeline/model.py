@@ -1,0 +1,331 @@
+"""The model bundle: an MLflow pyfunc model directory with no pickle in it.
+
+Layout (``models/<task>/`` and every registered version)::
+
+    MLmodel, python_env.yaml, requirements.txt, input_example.json   written by MLflow
+    model_code.py                                                    the pyfunc, stored as code
+    artifacts/estimator.skops                                        the fitted scikit-learn/XGBoost estimator
+    artifacts/feature_spec.json                                      how canonical columns become features
+    artifacts/model_info.json                                        task, candidate, calibration, hashes, bands
+
+The estimator is stored with skops and loaded with an explicit list of trusted types; anything else in the
+file is refused. Its SHA-256 is recorded in model_info.json and checked before every load. The pyfunc takes
+the all-float64 feature matrix and returns one column, ``p_response``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import skops.io as sio
+import yaml
+from mlflow.pyfunc import PythonModel
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.errors import ModelError
+from pipeline.features import FeatureSpec
+
+# Types skops must be told to trust for our candidates, beyond its own safe defaults. Nothing else loads.
+TRUSTED_TYPES: tuple[str, ...] = (
+    "numpy.dtype",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
+ESTIMATOR_FILE = "estimator.skops"
+FEATURE_SPEC_FILE = "feature_spec.json"
+MODEL_INFO_FILE = "model_info.json"
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+OUTPUT_COLUMN = "p_response"
+
+
+class RiskBand(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    upper: float  # the band holds probabilities below this (the last band's upper is 1.0 inclusive)
+
+
+class ModelInfo(BaseModel):
+    """What a scorer and a reviewer need to know about a bundle, stored beside the estimator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str
+    target: str
+    candidate: str
+    calibration: str
+    estimator_sha256: str
+    risk_bands: tuple[RiskBand, ...]
+    training_data_sha256: str
+    n_train: int
+    registered_model_name: str
+    package_version: str
+
+
+def pip_requirements() -> list[str]:
+    """Pinned requirements of the pyfunc, read from this environment (MLflow's inference is slow and noisy)."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    pins = []
+    for package in ("mlflow", "scikit-learn", "xgboost-cpu", "skops", "pandas", "numpy", "pydantic", "pyyaml"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _canonical_skops(raw: bytes) -> bytes:
+    """Make a skops archive depend only on the model: skops names nodes and array files by ``id()`` (memory
+    addresses), so we renumber both in schema order and write the zip with fixed timestamps."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as source:
+        schema = json.loads(source.read("schema.json"))
+        contents = {name: source.read(name) for name in source.namelist() if name != "schema.json"}
+    node_ids: dict[int, int] = {}
+    files: dict[str, str] = {}
+
+    def renumber(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {}
+            for key, value in node.items():
+                if key == "__id__" and isinstance(value, int):
+                    out[key] = node_ids.setdefault(value, len(node_ids) + 1)
+                elif key == "file" and isinstance(value, str) and value in contents:
+                    suffix = Path(value).suffix
+                    out[key] = files.setdefault(value, f"{len(files) + 1:04d}{suffix}")
+                else:
+                    out[key] = renumber(value)
+            return out
+        if isinstance(node, list):
+            return [renumber(item) for item in node]
+        return node
+
+    canonical = renumber(schema)
+    if set(files) != set(contents):
+        raise ModelError("unexpected skops archive layout (unreferenced files); cannot store it reproducibly")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as target:
+        entries = {"schema.json": json.dumps(canonical, indent=2).encode()} | {
+            files[name]: data for name, data in contents.items()
+        }
+        for name in sorted(entries):
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            target.writestr(info, entries[name])
+    return buffer.getvalue()
+
+
+def dump_estimator(estimator: Any, path: Path) -> str:
+    """Write the estimator with skops, canonicalised so that equal models give equal bytes."""
+    raw = sio.dumps(estimator)
+    untrusted = set(sio.get_untrusted_types(data=raw)) - set(TRUSTED_TYPES)
+    if untrusted:
+        raise ModelError(
+            f"the estimator contains types outside the trusted list: {sorted(untrusted)}",
+            hint="add them to pipeline.model.TRUSTED_TYPES only after checking they are safe to load",
+        )
+    Path(path).write_bytes(_canonical_skops(raw))
+    return sha256_file(path)
+
+
+def load_estimator(path: Path, expected_sha256: str) -> Any:
+    """Check the recorded hash and the types in the file, then load; refuse anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("estimator file missing from the model", file=path, hint="re-create the model (dvc repro)")
+    actual = sha256_file(path)
+    if actual != expected_sha256:
+        raise ModelError(
+            f"estimator hash {actual[:12]}… does not match the recorded {expected_sha256[:12]}…",
+            file=path,
+            hint="the model file was changed after training; restore it (dvc checkout) or retrain",
+        )
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
+    except Exception as exc:  # skops raises several types for a broken archive
+        raise ModelError(f"not a readable skops file ({exc})", file=path) from None
+    if untrusted:
+        raise ModelError(f"refusing to load untrusted types {sorted(untrusted)}", file=path)
+    return sio.load(path, trusted=list(TRUSTED_TYPES))
+
+
+def predict_proba(estimator: Any, features: pd.DataFrame) -> np.ndarray:
+    """Probability of response, as float64."""
+    return np.asarray(estimator.predict_proba(features)[:, 1], dtype="float64")
+
+
+class ResponseModel(PythonModel):
+    """The pyfunc: float64 features in, ``p_response`` out. Loaded from code, so no pickle is involved."""
+
+    def load_context(self, context: Any) -> None:
+        info = ModelInfo.model_validate_json(Path(context.artifacts["model_info"]).read_text(encoding="utf-8"))
+        self.feature_spec = FeatureSpec.load(Path(context.artifacts["feature_spec"]))
+        self.estimator = load_estimator(Path(context.artifacts["estimator"]), info.estimator_sha256)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        features = pd.DataFrame(model_input)[self.feature_spec.feature_names].astype("float64")
+        return pd.DataFrame({OUTPUT_COLUMN: predict_proba(self.estimator, features)}, index=features.index)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded model: what the evaluate, explain and score code paths use."""
+
+    path: Path
+    estimator: Any
+    feature_spec: FeatureSpec
+    info: ModelInfo
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        return predict_proba(self.estimator, features[self.feature_spec.feature_names])
+
+
+def write_artifacts(folder: Path, estimator: Any, feature_spec: FeatureSpec, info_fields: dict[str, Any]) -> dict:
+    """Write the three artifacts into ``folder``; return the artifacts mapping for mlflow.pyfunc."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = dump_estimator(estimator, folder / ESTIMATOR_FILE)
+    feature_spec.save(folder / FEATURE_SPEC_FILE)
+    info = ModelInfo(estimator_sha256=digest, **info_fields)
+    (folder / MODEL_INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return {
+        "estimator": str(folder / ESTIMATOR_FILE),
+        "feature_spec": str(folder / FEATURE_SPEC_FILE),
+        "model_info": str(folder / MODEL_INFO_FILE),
+    }
+
+
+def normalise_mlmodel(model_dir: Path) -> None:
+    """Drop the per-save random id and timestamp and the absolute code path, so equal models are equal bytes."""
+    mlmodel = model_dir / "MLmodel"
+    meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    meta.pop("utc_time_created", None)
+    meta.pop("model_uuid", None)
+    pyfunc = meta.get("flavors", {}).get("python_function", {})
+    for artifact in (pyfunc.get("artifacts") or {}).values():
+        artifact.pop("uri", None)  # where the file was copied from; loading uses the relative 'path'
+    if pyfunc.get("model_code_path"):
+        pyfunc["model_code_path"] = Path(pyfunc["model_code_path"]).name
+    # MLflow measured the folder with the absolute paths above; measure the files that matter instead
+    meta["model_size_bytes"] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p != mlmodel)
+    mlmodel.write_text(yaml.safe_dump(meta, sort_keys=True), encoding="utf-8")
+
+
+def save_bundle(
+    destination: Path,
+    *,
+    estimator: Any,
+    feature_spec: FeatureSpec,
+    info_fields: dict[str, Any],
+    signature: Any,
+    input_example: pd.DataFrame,
+) -> None:
+    """Save an MLflow model directory at ``destination``, replacing it atomically."""
+    import mlflow.pyfunc  # noqa: PLC0415 (slow import, only needed when saving)
+
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as tmp:
+        staging = Path(tmp)
+        artifacts = write_artifacts(staging / "src", estimator, feature_spec, info_fields)
+        mlflow.pyfunc.save_model(
+            str(staging / "model"),
+            python_model=str(MODEL_CODE),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+        )
+        normalise_mlmodel(staging / "model")
+        if destination.exists():
+            shutil.rmtree(destination)
+        (staging / "model").rename(destination)
+
+
+def log_saved_model(model_dir: Path, registered_name: str) -> str:
+    """Log the bundle saved at ``model_dir`` to the active MLflow run and register it; return the version.
+
+    The same artifact files (byte for byte) and the same code are logged, so the registry version and
+    ``models/<task>`` hold the same model.
+    """
+    import mlflow.models  # noqa: PLC0415
+    import mlflow.pyfunc  # noqa: PLC0415
+
+    artifacts_dir = Path(model_dir) / "artifacts"
+    saved = mlflow.models.Model.load(str(model_dir))
+    example = pd.read_json(Path(model_dir) / "input_example.json", orient="split")
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE),
+        artifacts={
+            "estimator": str(artifacts_dir / ESTIMATOR_FILE),
+            "feature_spec": str(artifacts_dir / FEATURE_SPEC_FILE),
+            "model_info": str(artifacts_dir / MODEL_INFO_FILE),
+        },
+        signature=saved.signature,
+        input_example=example,
+        registered_model_name=registered_name,
+        pip_requirements=pip_requirements(),
+    )
+    return str(info.registered_model_version)
+
+
+def load_bundle(location: str | Path) -> Bundle:
+    """Load ``models/<task>`` (a folder) or a registry URI such as ``models:/trd-acute@champion``."""
+    text = str(location)
+    if text.startswith(("models:/", "runs:/")):
+        import mlflow.artifacts  # noqa: PLC0415
+
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as exc:  # MLflow raises several types for unknown names/aliases
+            raise ModelError(f"cannot resolve {text} in the MLflow registry ({exc})") from None
+    else:
+        local = Path(text)
+    artifacts = local / "artifacts"
+    info_path = artifacts / MODEL_INFO_FILE
+    if not info_path.is_file():
+        raise ModelError(
+            "not a model of this pipeline (no artifacts/model_info.json)",
+            file=local,
+            hint="give models/<task> or models:/trd-<task>@champion",
+        )
+    try:
+        info = ModelInfo.model_validate_json(info_path.read_text(encoding="utf-8"))
+        feature_spec = FeatureSpec.load(artifacts / FEATURE_SPEC_FILE)
+    except (ValueError, OSError) as exc:
+        raise ModelError(f"model metadata unreadable ({exc})", file=info_path) from None
+    estimator = load_estimator(artifacts / ESTIMATOR_FILE, info.estimator_sha256)
+    return Bundle(path=local, estimator=estimator, feature_spec=feature_spec, info=info)
+
+
+def risk_band(probabilities: np.ndarray, bands: tuple[RiskBand, ...]) -> np.ndarray:
+    """Name of the band each probability falls in (bands ordered by their upper bound)."""
+    uppers = np.array([b.upper for b in bands[:-1]], dtype="float64")
+    names = np.array([b.name for b in bands], dtype=object)
+    return names[np.searchsorted(uppers, probabilities, side="right")]
+
+
+def model_summary(bundle: Bundle) -> dict[str, Any]:
+    return json.loads(bundle.info.model_dump_json())
