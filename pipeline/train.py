@@ -13,6 +13,7 @@ the champion (by ``train.selection_metric``). The test split is never read here.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import time
@@ -258,7 +259,7 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 # stage
 # --------------------------------------------------------------------------------------------------------------
 
-PARAMS_USED = ("base.seed", "tasks", "train")
+PARAMS_USED = ("base.seed", "tasks.{task}", "train")
 
 
 @dataclass
@@ -270,6 +271,7 @@ class TrainedTask:
     results: list[CandidateResult]
     champion: CandidateResult
     estimator: BaseEstimator
+    candidate_estimators: dict[str, BaseEstimator]  # every candidate refitted, for comparison on the test split
     example: pd.DataFrame  # a few feature rows, no identifiers (MLflow input example)
     n_train: int
     events_train: int
@@ -291,13 +293,14 @@ def train_task(
         )  # fmt: skip
         results.append(result)
     champion = select_champion(results, params.selection_metric)
-    estimator = fit_final(champion, X, y, folds=params.cv_folds, seed=seed)
+    fitted = {r.name: fit_final(r, X, y, folds=params.cv_folds, seed=seed) for r in results}
     return TrainedTask(
         task=task_name,
         target=target,
         results=results,
         champion=champion,
-        estimator=estimator,
+        estimator=fitted[champion.name],
+        candidate_estimators=fitted,
         example=X.head(5).reset_index(drop=True),
         n_train=len(y),
         events_train=int(y.sum()),
@@ -316,6 +319,29 @@ def cv_report(trained: TrainedTask, params: TrainParams) -> dict[str, Any]:
             r.name: {**r.cv, "calibration": r.calibration, "best_params": r.best_params} for r in trained.results
         },
     }
+
+
+def save_candidates(trained: TrainedTask, folder: Any) -> None:
+    """Every candidate's final fit (skops, hash-checked on load) so evaluate can compare them on the test split."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from pipeline.model import dump_estimator  # noqa: PLC0415
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        index = {}
+        for name, estimator in trained.candidate_estimators.items():
+            digest = dump_estimator(estimator, Path(tmp) / f"{name}.skops")
+            result = next(r for r in trained.results if r.name == name)
+            index[name] = {"file": f"{name}.skops", "sha256": digest, "calibration": result.calibration}
+        (Path(tmp) / "candidates.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        if folder.exists():
+            shutil.rmtree(folder)
+        Path(tmp).rename(folder)
+        Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now empty) name it created
 
 
 def main(task_name: str) -> None:
@@ -366,6 +392,7 @@ def main(task_name: str) -> None:
         input_example=trained.example,
     )
     write_json(cv_report(trained, params), paths.reports_dir / task_name / "cv_metrics.json")
+    save_candidates(trained, paths.models_dir / "candidates" / task_name)
     log_to_mlflow(trained, params, paths.root, model_dir, train_path=train_path, seed=seed)
 
 
