@@ -44,6 +44,7 @@ class CleanedSource:
     quarantine: pd.DataFrame
     conversions: dict[str, int]
     extra: dict[str, Any]  # adapter bookkeeping (e.g. phenotype rows read/used)
+    measurements_quarantine: pd.DataFrame | None = None  # set-aside rows of secondary (long) tables
 
     def check_conservation(self) -> None:
         if self.rows_in != len(self.cohort) + len(self.quarantine):
@@ -80,6 +81,8 @@ def clean_source(
 ) -> CleanedSource:
     result = harmonise(staged.rows, rules, contract, scales)
     quarantine = pd.concat([quarantine_frame(staged.excluded), result.quarantine], ignore_index=True)
+    # secondary tables (e.g. BIDS phenotype rows) are accounted for per row in the adapter's ledger
+    secondary = [account.quarantine for account in getattr(staged, "phenotype", ())]
     return CleanedSource(
         name=name,
         rows_in=staged.rows_in,
@@ -87,6 +90,7 @@ def clean_source(
         quarantine=quarantine_frame(quarantine),
         conversions=result.conversions,
         extra={},
+        measurements_quarantine=quarantine_frame(pd.concat(secondary, ignore_index=True)) if secondary else None,
     )
 
 
@@ -138,8 +142,16 @@ def main() -> None:
     cohort = pd.concat([c.cohort for c in cleaned], ignore_index=True)
     cohort = contract.coerce(cohort.sort_values(["cohort", "patient_id"], kind="stable").reset_index(drop=True))
     quarantine = quarantine_frame(pd.concat([c.quarantine for c in cleaned], ignore_index=True))
+    measurements = quarantine_frame(
+        pd.concat(
+            [c.measurements_quarantine for c in cleaned if c.measurements_quarantine is not None]
+            or [quarantine_frame()],
+            ignore_index=True,
+        )
+    )
     report = cleaning_report(cleaned, contract)
     # write only after everything succeeded, each file atomically
     write_parquet(cohort, paths.interim_dir / "cohort.parquet")
     write_parquet(quarantine, paths.interim_dir / "quarantine.parquet")
+    write_parquet(measurements, paths.interim_dir / "quarantine_measurements.parquet")
     write_json(report, paths.reports_dir / "cleaning.json")

@@ -69,14 +69,15 @@ def _norm(series: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
-def _lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
+def code_lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
+    """{level: [codes]} -> {normalised code: level}, the form every code check uses."""
     return {str(code).strip().casefold(): level for level, code_list in codes.items() for code in code_list}
 
 
 def rules_from_tabular_spec(
     spec: TabularSourceSpec, *, constants: Mapping[str, object] | None = None, resolve_duplicates: bool = True
 ) -> HarmoniseRules:
-    categorical = {m.canonical: _lookup(m.codes) for m in spec.categorical.values() if m.codes is not None}
+    categorical = {m.canonical: code_lookup(m.codes) for m in spec.categorical.values() if m.codes is not None}
     passthrough = frozenset(m.canonical for m in spec.categorical.values() if m.passthrough)
     boolean_lookup: dict[str, bool] = {}
     if spec.boolean_codes:
@@ -92,7 +93,7 @@ def rules_from_tabular_spec(
         boolean_lookup=boolean_lookup,
         weight_units=dict(spec.body_size.weight.units) if spec.body_size else None,
         height_units=dict(spec.body_size.height.units) if spec.body_size else None,
-        scale_lookup=_lookup(scores.scale_codes) if scores else None,
+        scale_lookup=code_lookup(scores.scale_codes) if scores else None,
         score_columns=tuple(scores.columns.values()) if scores else (),
         constants=dict(constants or {"cohort": spec.name}),
         resolve_duplicates=resolve_duplicates,

@@ -31,6 +31,10 @@ def atomic_path(destination: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give outputs the usual permissions (0666 less the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
