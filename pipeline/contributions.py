@@ -1,0 +1,164 @@
+"""Per-patient feature contributions (SHAP values on the log-odds scale), shared by the explain stage and
+the scorer, so a clinician's "top drivers" and the reviewer's global importances come from one code path.
+
+What is explained is the estimator that produces the score before any probability calibration:
+
+* XGBoost: TreeSHAP through XGBoost's own ``pred_contribs`` (identical to ``shap.TreeExplainer``, anchors §5.4);
+* scikit-learn histogram gradient boosting: ``shap.TreeExplainer`` (path-dependent TreeSHAP);
+* the logistic-regression pipeline: exact linear SHAP. After imputation and standard scaling the training
+  mean of every transformed column is 0, so the interventional SHAP value against the training data is
+  ``coef * z``; imputed values and missingness indicators are credited to the clinical feature they belong to.
+
+When the champion is wrapped in a calibrator (sigmoid or isotonic, fitted on out-of-fold scores), the
+calibrator is a monotone map of the explained model's output: it changes the probability scale, not the
+ranking of patients nor the direction in which a feature pushes. Contributions are therefore reported on the
+explained model's log-odds (margin) scale, and every figure says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+
+from pipeline.features import FeatureSpec
+
+SCALE_NOTE = "SHAP values on the log-odds (margin) scale of the explained model"
+
+
+@dataclass(frozen=True)
+class Explained:
+    """Contributions per canonical column (one-hot levels and missingness indicators summed)."""
+
+    values: pd.DataFrame  # rows x canonical columns, log-odds
+    base_value: np.ndarray  # per row (constant for tree and linear models)
+    margin: np.ndarray  # the explained model's log-odds output: base_value + values.sum(axis=1)
+    method: str  # how the values were computed, for reports
+
+
+def explained_estimator(estimator: Any) -> tuple[Any, str]:
+    """The estimator whose log-odds are explained, and how it relates to the reported probability."""
+    if isinstance(estimator, CalibratedClassifierCV):
+        inner = estimator.calibrated_classifiers_[0].estimator
+        return inner, f"{estimator.method} calibration (monotone) applied to the explained model's output"
+    return estimator, "no calibration: the probability is the sigmoid of the explained log-odds"
+
+
+def _linear_contributions(pipeline: Pipeline, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    transform, model = pipeline[:-1], pipeline[-1]
+    Z = np.asarray(transform.transform(X), dtype="float64")
+    names = list(transform.get_feature_names_out(list(X.columns)))
+    coef = model.coef_.ravel()
+    values = Z * coef  # the scaler centres every column at its training mean, so E_train[z] = 0
+    base = np.full(len(X), float(model.intercept_[0]))
+    return values, base, [_source_feature(name, X.columns) for name in names]
+
+
+def _source_feature(transformed: str, inputs: pd.Index) -> str:
+    """Map an imputer output name (``x`` or ``missingindicator_x``) back to its input feature."""
+    if transformed in inputs:
+        return transformed
+    prefix = "missingindicator_"
+    if transformed.startswith(prefix) and transformed[len(prefix) :] in inputs:
+        return transformed[len(prefix) :]
+    raise ValueError(f"cannot map transformed feature '{transformed}' to an input feature")
+
+
+def _tree_contributions(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
+    if type(model).__name__ == "XGBClassifier":
+        import xgboost  # noqa: PLC0415
+
+        contribs = model.get_booster().predict(
+            xgboost.DMatrix(X, missing=np.nan, feature_names=list(X.columns)), pred_contribs=True
+        )
+        return contribs[:, :-1].astype("float64"), contribs[:, -1].astype("float64"), "xgboost pred_contribs"
+    if isinstance(model, HistGradientBoostingClassifier):
+        import shap  # noqa: PLC0415
+
+        explainer = shap.TreeExplainer(model)
+        values = np.asarray(explainer.shap_values(X), dtype="float64")
+        base = np.full(len(X), float(np.ravel(explainer.expected_value)[0]))
+        return values, base, "shap.TreeExplainer (path-dependent)"
+    raise TypeError(f"no explanation path for {type(model).__name__}")
+
+
+def explain(estimator: Any, X: pd.DataFrame, spec: FeatureSpec) -> Explained:
+    """SHAP contributions of every row, aggregated onto the task's canonical columns."""
+    model, calibration_note = explained_estimator(estimator)
+    X = X[spec.feature_names]
+    if isinstance(model, Pipeline):
+        values, base, sources = _linear_contributions(model, X)
+        method = "exact linear SHAP (interventional, training background)"
+    else:
+        values, base, method = _tree_contributions(model, X)
+        sources = list(X.columns)
+    to_column = spec.feature_to_column()
+    columns = [c.name for c in spec.columns]
+    aggregated = np.zeros((len(X), len(columns)), dtype="float64")
+    index = {name: i for i, name in enumerate(columns)}
+    for j, feature in enumerate(sources):
+        aggregated[:, index[to_column[feature]]] += values[:, j]
+    frame = pd.DataFrame(aggregated, index=X.index, columns=columns)
+    return Explained(
+        values=frame,
+        base_value=base,
+        margin=base + aggregated.sum(axis=1),
+        method=f"{method}; {calibration_note}",
+    )
+
+
+def model_margin(estimator: Any, X: pd.DataFrame) -> np.ndarray:
+    """The explained model's own log-odds output, to check additivity against."""
+    model, _ = explained_estimator(estimator)
+    if type(model).__name__ == "XGBClassifier":
+        return np.asarray(model.predict(X, output_margin=True), dtype="float64")
+    return np.asarray(model.decision_function(X), dtype="float64")
+
+
+def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k: int) -> pd.DataFrame:
+    """The ``k`` largest contributions per row, as readable text and as feature/contribution columns.
+
+    Vectorised per (rank, feature) pair rather than per row, because the scorer explains millions of rows.
+    """
+    values = explained.values.to_numpy()
+    k = min(k, values.shape[1])
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    names = np.asarray(explained.values.columns)[order]
+    contribution = np.take_along_axis(values, order, axis=1)
+    units = {c.name: c.unit for c in spec.columns}
+    cohort = cohort.reset_index(drop=True)
+    out: dict[str, Any] = {}
+    text = pd.Series("", index=range(len(cohort)), dtype="string")
+    for rank in range(k):
+        phrase = pd.Series(pd.NA, index=text.index, dtype="string")
+        for feature in np.unique(names[:, rank]):
+            rows = np.flatnonzero(names[:, rank] == feature)
+            shown = _display(cohort[feature].iloc[rows])
+            phrase.iloc[rows] = (f"{feature.replace('_', ' ')} " + shown + _unit(units.get(feature))).to_numpy()
+        direction = np.where(contribution[:, rank] >= 0, " raises the probability", " lowers the probability")
+        phrase = phrase + direction
+        text = phrase if rank == 0 else text + "; " + phrase
+        out[f"driver_{rank + 1}_feature"] = names[:, rank]
+        out[f"driver_{rank + 1}_contribution"] = np.round(contribution[:, rank], 4)
+    out["drivers"] = text.to_numpy()
+    return pd.DataFrame(out, index=explained.values.index)
+
+
+def _display(values: pd.Series) -> pd.Series:
+    """Values as a clinician reads them: one decimal for numbers, yes/no for flags, 'missing' for gaps."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        shown = values.map({True: "yes", False: "no"}).astype("string")
+    elif pd.api.types.is_float_dtype(values.dtype):
+        shown = values.round(1).astype("string")
+    else:
+        shown = values.astype("string")
+    return shown.fillna("missing").reset_index(drop=True)
+
+
+def _unit(unit: str | None) -> str:
+    return f" {unit}" if unit and unit not in ("count", "percent") else ""

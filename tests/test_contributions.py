@@ -1,0 +1,103 @@
+"""SHAP contributions: additive, agreeing with shap, credited to the right clinical column."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import shap
+from sklearn.calibration import CalibratedClassifierCV
+from xgboost import XGBClassifier
+
+from pipeline.contract import CohortContract
+from pipeline.contributions import explain, model_margin, top_drivers
+from pipeline.features import FeatureSpec, build_features
+from pipeline.train import make_estimator
+
+
+@pytest.fixture(scope="module")
+def data(contract: CohortContract) -> tuple[pd.DataFrame, FeatureSpec, pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(11)
+    n = 600
+    cohort = contract.empty_frame(n)
+    cohort["bmi"] = rng.normal(28, 5, n)
+    cohort.loc[rng.random(n) < 0.15, "bmi"] = np.nan
+    cohort["age"] = rng.normal(45, 12, n)
+    route = rng.choice(["iv_racemic", "intranasal_esketamine", "oral"], n)
+    fh_aud = rng.random(n) < 0.3
+    cohort["route"] = pd.array(route, dtype="string")
+    cohort["family_history_aud"] = pd.array(fh_aud, dtype="boolean")
+    logit = 0.1 * (cohort["bmi"].fillna(28).to_numpy() - 28) + 0.8 * fh_aud - 0.5 * (route == "oral")
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    spec = FeatureSpec.from_columns(
+        "t", "response_acute", [contract.column(c) for c in ("age", "bmi", "route", "family_history_aud")]
+    )
+    return cohort, spec, build_features(cohort, spec), y
+
+
+@pytest.mark.parametrize("candidate", ["logreg", "xgboost", "hist_gb"])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated: bool) -> None:
+    cohort, spec, X, y = data
+    estimator = make_estimator(candidate, seed=0)
+    if candidate != "logreg":
+        estimator.set_params(**({"n_estimators": 40} if candidate == "xgboost" else {"max_iter": 40}))
+    if calibrated:
+        estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
+    estimator.fit(X, y)
+    explained = explain(estimator, X, spec)
+    assert list(explained.values.columns) == ["age", "bmi", "route", "family_history_aud"]
+    np.testing.assert_allclose(explained.margin, model_margin(estimator, X), atol=1e-4)
+    assert ("sigmoid calibration" in explained.method) is calibrated
+
+
+def test_xgboost_pred_contribs_agree_with_shap_tree_explainer(data) -> None:
+    _, spec, X, y = data
+    model = XGBClassifier(n_estimators=25, max_depth=3, random_state=0).fit(X, y)
+    native = model.get_booster().predict(__import__("xgboost").DMatrix(X, missing=np.nan), pred_contribs=True)
+    via_shap = shap.TreeExplainer(model).shap_values(X)
+    np.testing.assert_allclose(native[:, :-1], via_shap, atol=1e-5)
+
+
+def test_one_hot_levels_are_summed_into_their_category(data) -> None:
+    _, spec, X, y = data
+    model = XGBClassifier(n_estimators=25, max_depth=3, random_state=0).fit(X, y)
+    raw = model.get_booster().predict(__import__("xgboost").DMatrix(X, missing=np.nan), pred_contribs=True)
+    route_columns = [i for i, c in enumerate(X.columns) if c.startswith("route=")]
+    explained = explain(model, X, spec)
+    np.testing.assert_allclose(explained.values["route"], raw[:, route_columns].sum(axis=1), atol=1e-6)
+
+
+def test_linear_missingness_indicator_is_credited_to_its_feature(data) -> None:
+    _, spec, X, y = data
+    model = make_estimator("logreg", seed=0).fit(X, y)
+    explained = explain(model, X, spec)
+    missing = X["bmi"].isna().to_numpy()
+    # with bmi missing, the bmi contribution is the indicator's plus the imputed value's, not zero
+    assert np.all(np.isfinite(explained.values.loc[missing, "bmi"]))
+    assert explained.values.loc[missing, "bmi"].nunique() == 1
+
+
+def test_top_drivers_read_as_text_and_columns(data) -> None:
+    cohort, spec, X, y = data
+    model = make_estimator("logreg", seed=0).fit(X, y)
+    explained = explain(model, X.head(4), spec)
+    drivers = top_drivers(explained, cohort.head(4), spec, k=2)
+    assert list(drivers.columns) == [
+        "driver_1_feature", "driver_1_contribution", "driver_2_feature", "driver_2_contribution", "drivers",
+    ]  # fmt: skip
+    first = drivers.iloc[0]
+    assert abs(first["driver_1_contribution"]) >= abs(first["driver_2_contribution"])
+    assert first["drivers"].count(" the probability") == 2
+    assert ("raises" in first["drivers"]) or ("lowers" in first["drivers"])
+    bmi_rows = drivers[drivers["driver_1_feature"] == "bmi"]
+    for _, row in bmi_rows.iterrows():
+        assert "kg/m2" in row["drivers"]
+
+
+def test_unknown_model_type_is_refused(data) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    _, spec, X, y = data
+    with pytest.raises(TypeError, match="no explanation path"):
+        explain(RandomForestClassifier(n_estimators=5).fit(X.fillna(0), y), X, spec)
