@@ -64,9 +64,35 @@ class HarmoniseResult:
 
 
 def _norm(series: pd.Series) -> pd.Series:
-    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing."""
-    text = series.astype("string").str.strip().str.casefold()
-    return text.mask(text == "")
+    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing.
+
+    Exports repeat a handful of codes millions of times, so only the distinct values are normalised.
+    """
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    if len(uniques) == 0:
+        return pd.Series(pd.NA, index=series.index, dtype="string")
+    text = pd.Series(uniques).astype("string").str.strip().str.casefold()
+    text = text.mask(text == "").to_numpy(dtype=object, na_value=None)
+    normalised = np.where(codes >= 0, text[np.maximum(codes, 0)], None)
+    return pd.Series(normalised, index=series.index, dtype="string")
+
+
+def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Numbers as float64, and the mask of non-empty values that are not numbers (``wrong_type``)."""
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        return raw.astype("float64"), pd.Series(False, index=raw.index)
+    text = raw.astype("string")
+    try:  # fast path: Arrow parses a clean column of numbers ~20x faster than pandas
+        import pyarrow as pa  # noqa: PLC0415
+        import pyarrow.compute as pc  # noqa: PLC0415
+
+        stripped = pc.utf8_trim_whitespace(pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.string()))
+        empty_as_null = pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
+        parsed = pd.Series(pc.cast(empty_as_null, pa.float64()).to_numpy(zero_copy_only=False), index=raw.index)
+        return parsed.astype("float64"), pd.Series(False, index=raw.index)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        parsed = pd.to_numeric(text, errors="coerce").astype("float64")
+        return parsed, text.notna() & parsed.isna() & _norm(text).notna()
 
 
 def code_lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
@@ -193,8 +219,7 @@ def _parse_columns(
             continue
         raw = staged[name]
         if spec.dtype in ("float", "int"):
-            parsed = pd.to_numeric(raw, errors="coerce").astype("float64")
-            bad = raw.notna() & parsed.isna() & (_norm(raw.astype("string")).notna())
+            parsed, bad = _parse_numbers(raw)
             issues.add(Reason.WRONG_TYPE, name, bad, "'" + _shown(raw) + f"' is not a number ({name})")
             if spec.dtype == "int":
                 fractional = parsed.notna() & (parsed != np.round(parsed))
@@ -247,11 +272,11 @@ def _to_si(
     staged: pd.DataFrame, what: str, units: Mapping[str, float], si: str, issues: _Issues
 ) -> tuple[pd.Series, int]:
     raw = staged[f"{what}_raw"]
-    value = pd.to_numeric(raw, errors="coerce").astype("float64")
+    value, bad = _parse_numbers(raw)
     issues.add(
         Reason.WRONG_TYPE,
         what,
-        raw.notna() & value.isna() & _norm(raw.astype("string")).notna(),
+        bad,
         "'" + _shown(raw) + f"' is not a number ({what})",
     )
     unit = _norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
@@ -295,11 +320,11 @@ def _harmonise_scores(
     out["madrs_source_scale"] = scale
     for column in present:
         raw = staged[column]
-        value = pd.to_numeric(raw, errors="coerce").astype("float64")
+        value, bad = _parse_numbers(raw)
         issues.add(
             Reason.WRONG_TYPE,
             column,
-            raw.notna() & value.isna() & _norm(raw.astype("string")).notna(),
+            bad,
             "'" + _shown(raw) + f"' is not a number ({column})",
         )
         madrs = value.copy()

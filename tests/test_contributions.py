@@ -38,7 +38,7 @@ def data(contract: CohortContract) -> tuple[pd.DataFrame, FeatureSpec, pd.DataFr
 @pytest.mark.parametrize("candidate", ["logreg", "xgboost", "hist_gb"])
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated: bool) -> None:
-    cohort, spec, X, y = data
+    _cohort, spec, X, y = data
     estimator = make_estimator(candidate, seed=0)
     if candidate != "logreg":
         estimator.set_params(**({"n_estimators": 40} if candidate == "xgboost" else {"max_iter": 40}))
@@ -52,7 +52,7 @@ def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated:
 
 
 def test_xgboost_pred_contribs_agree_with_shap_tree_explainer(data) -> None:
-    _, spec, X, y = data
+    _, _spec, X, y = data
     model = XGBClassifier(n_estimators=25, max_depth=3, random_state=0).fit(X, y)
     native = model.get_booster().predict(__import__("xgboost").DMatrix(X, missing=np.nan), pred_contribs=True)
     via_shap = shap.TreeExplainer(model).shap_values(X)
