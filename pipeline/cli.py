@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -115,6 +116,116 @@ def train(task: Task, verbose: Verbose = False) -> None:
     from pipeline.train import main  # noqa: PLC0415
 
     run_guarded(lambda: main(task))
+
+
+@app.command()
+def evaluate(task: Task, verbose: Verbose = False) -> None:
+    """Validate TASK's models on the test split, against the oracle and on ds005917 (params: evaluate)."""
+    _configure_logging(verbose)
+    from pipeline.evaluate import main  # noqa: PLC0415
+
+    run_guarded(lambda: main(task))
+
+
+def _input_contract_help() -> str:
+    """The default (canonical) input contract, read from configs/cohort_schema.yaml, for `trd score --help`."""
+    from pipeline.contract import load_contract  # noqa: PLC0415
+
+    try:
+        contract = load_contract(Path(__file__).resolve().parents[1] / "configs" / "cohort_schema.yaml")
+    except PipelineError:
+        return "Input contract: see configs/cohort_schema.yaml."
+    lines = [
+        "Input contract (--format canonical): one row per patient, a patient_id column, and the model's",
+        "predictor columns below (empty cells are missing values; yes/no flags accept 1/0, yes/no, true/false):",
+    ]
+    for column in contract.with_role("baseline_predictor", "early_predictor"):
+        detail = column.unit or ""
+        if column.levels:
+            detail = "one of " + ", ".join(column.levels)
+        elif column.min is not None:
+            detail = f"{detail}, {column.min:g}–{column.max:g}".lstrip(", ")
+        elif column.dtype == "bool":
+            detail = "yes/no"
+        lines.append(f"  {column.name}: {detail}")
+    return "\n\n".join(["\n".join(lines[:2]), "\n".join(lines[2:])])
+
+
+@app.command(epilog=_input_contract_help())
+def score(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet file of patients to score.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.csv or .parquet, by extension).")],
+    task: Annotated[str, typer.Option(help="Prediction task (a model in models/TASK).")] = "acute",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model folder or registry URI, e.g. models:/trd-acute@champion. Default: models/TASK."),
+    ] = None,
+    explain: Annotated[bool, typer.Option("--explain/--no-explain", help="Add the top drivers of each score.")] = False,
+    top_k: Annotated[int, typer.Option(min=1, max=20, help="How many drivers with --explain.")] = 3,
+    chunk_size: Annotated[int, typer.Option(min=100, help="Rows read and scored at a time (bounds memory).")] = 50_000,
+    input_format: Annotated[
+        str, typer.Option("--format", help="Input layout: 'canonical' or a tabular source in configs/sources/.")
+    ] = "canonical",
+    verbose: Verbose = False,
+) -> None:
+    """Score a clinic export: probability of response, risk band and model identity for every valid row.
+
+    Invalid rows go to OUTPUT's rejects file (e.g. scores.rejects.csv) with row number, patient id, reason
+    code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored.
+    Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage; 3 unreadable or invalid input; 4 model problem.
+    """
+    _configure_logging(verbose)
+    from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415
+
+    def action() -> None:
+        ctx = build_context(
+            model=model, task=task, input_format_name=input_format, source_file=input_path.name,
+            explain=explain, top_k=top_k,
+        )  # fmt: skip
+        summary = score_file(input_path, output, ctx, chunk_size=chunk_size, progress=progress_wanted())
+        typer.echo(summary.line(), err=True)
+        if summary.rejected:
+            raise typer.Exit(int(ExitCode.ROWS_REJECTED))
+
+    run_guarded(action)
+
+
+@app.command()
+def validate(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet file to check.")],
+    task: Annotated[str, typer.Option(help="Prediction task whose model defines the needed columns.")] = "acute",
+    model: Annotated[str | None, typer.Option(help="Model folder or registry URI (default: models/TASK).")] = None,
+    input_format: Annotated[
+        str, typer.Option("--format", help="'canonical' or a source in configs/sources/.")
+    ] = "canonical",
+    chunk_size: Annotated[int, typer.Option(min=100)] = 50_000,
+    verbose: Verbose = False,
+) -> None:
+    """Check a file against the scorer's input contract without scoring it, and print a readable report.
+
+    Exit codes: 0 every row valid; 5 some rows would be rejected; 2 usage; 3 unreadable input; 4 model problem.
+    """
+    _configure_logging(verbose)
+    from pipeline.score import build_context, validate_file  # noqa: PLC0415
+
+    def action() -> None:
+        ctx = build_context(
+            model=model, task=task, input_format_name=input_format, source_file=input_path.name,
+            explain=False, top_k=1,
+        )  # fmt: skip
+        report = validate_file(input_path, ctx, chunk_size=chunk_size)
+        typer.echo(f"{input_path}: {report.rows} rows, {report.valid} valid, {report.rejected} would be rejected")
+        for reason, count in sorted(report.rejected_by_reason.items()):
+            typer.echo(f"  {reason}: {count}")
+        for example in report.examples:
+            typer.echo(f"  {example}")
+        missing = {k: v for k, v in report.missing_by_column.items() if v}
+        if missing:
+            typer.echo("missing values (scored as missing): " + ", ".join(f"{k} {v}" for k, v in missing.items()))
+        if report.rejected:
+            raise typer.Exit(int(ExitCode.ROWS_REJECTED))
+
+    run_guarded(action)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -47,6 +47,7 @@ class ColumnSpec(BaseModel):
     min: float | None = None
     max: float | None = None
     levels: tuple[str, ...] | None = None
+    aliases: dict[str, tuple[str, ...]] | None = None
     timing: Timing | None = None
     nullable: bool = True
 
@@ -58,6 +59,8 @@ class ColumnSpec(BaseModel):
             raise ValueError(f"column {self.name}: only category columns take 'levels'")
         if self.levels is not None and len(set(self.levels)) != len(self.levels):
             raise ValueError(f"column {self.name}: duplicate levels")
+        if self.aliases and not set(self.aliases) <= set(self.levels or ()):
+            raise ValueError(f"column {self.name}: aliases must be keyed by its levels")
         numeric = self.dtype in ("float", "int")
         if (self.min is not None or self.max is not None) and not numeric:
             raise ValueError(f"column {self.name}: min/max only apply to numeric columns")
@@ -78,6 +81,11 @@ class ColumnSpec(BaseModel):
     @property
     def pandas_dtype(self) -> str:
         return PANDAS_DTYPE[self.dtype]
+
+    def accepted_codes(self) -> dict[str, list[str]]:
+        """Each level with the spellings canonical inputs may use for it (the level itself and its aliases)."""
+        aliases = self.aliases or {}
+        return {level: [level, *aliases.get(level, ())] for level in self.levels or ()}
 
 
 class CohortContract(BaseModel):
@@ -139,7 +147,7 @@ class CohortContract(BaseModel):
             raise ConfigError(f"canonical frame lacks columns {missing}")
         return frame[self.names].astype({c.name: c.pandas_dtype for c in self.columns})
 
-    def pandera_schema(self) -> pa.DataFrameSchema:
+    def pandera_schema(self, *, unique_ids: bool = True) -> pa.DataFrameSchema:
         """A strict schema: exact columns in order, dtypes, ranges, levels, nullability, unique ids per cohort."""
         columns = {}
         for c in self.columns:
@@ -154,7 +162,7 @@ class CohortContract(BaseModel):
             strict=True,
             ordered=True,
             coerce=True,
-            unique=["cohort", "patient_id"],
+            unique=["cohort", "patient_id"] if unique_ids else None,
             name="canonical_cohort",
         )
 

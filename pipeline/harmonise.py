@@ -61,6 +61,7 @@ class HarmoniseResult:
     cohort: pd.DataFrame  # canonical, validated
     quarantine: pd.DataFrame  # quarantine_frame() rows, one per quarantined input row
     conversions: dict[str, int]  # values converted, by kind
+    source_rows: np.ndarray  # the input row number of each cohort row (same order)
 
 
 def _norm(series: pd.Series) -> pd.Series:
@@ -204,9 +205,11 @@ def harmonise(
         quarantine_rows = pd.concat([quarantine_rows, duplicates], ignore_index=True)
 
     kept = _derive_outcomes(kept)
-    cohort = _to_contract(kept, contract, rules.source)
+    source_rows = kept["source_row"].to_numpy(dtype="int64", na_value=-1)
+    # the scorer resolves duplicates across chunks itself, so only the clean stage demands unique ids here
+    cohort = _to_contract(kept, contract, rules.source, unique_ids=rules.resolve_duplicates)
     quarantine = quarantine_frame(quarantine_rows).sort_values(["source_row"], kind="stable").reset_index(drop=True)
-    return HarmoniseResult(cohort=cohort, quarantine=quarantine, conversions=conversions)
+    return HarmoniseResult(cohort=cohort, quarantine=quarantine, conversions=conversions, source_rows=source_rows)
 
 
 def _parse_columns(
@@ -456,14 +459,14 @@ def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str) -> pd.DataFrame:
+def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str, *, unique_ids: bool) -> pd.DataFrame:
     frame = kept.copy()
     for spec in contract.columns:
         if spec.name not in frame:
             frame[spec.name] = pd.Series(None, index=frame.index, dtype=spec.pandas_dtype)
     frame = contract.coerce(frame.reset_index(drop=True))
     try:
-        return contract.pandera_schema().validate(frame, lazy=True)
+        return contract.pandera_schema(unique_ids=unique_ids).validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as exc:
         cases = exc.failure_cases.head(10).to_string(index=False)
         raise PipelineError(

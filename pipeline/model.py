@@ -49,6 +49,7 @@ FEATURE_SPEC_FILE = "feature_spec.json"
 MODEL_INFO_FILE = "model_info.json"
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 OUTPUT_COLUMN = "p_response"
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".cloudpickle", ".sav")
 
 
 class RiskBand(BaseModel):
@@ -303,6 +304,13 @@ def load_bundle(location: str | Path) -> Bundle:
             raise ModelError(f"cannot resolve {text} in the MLflow registry ({exc})") from None
     else:
         local = Path(text)
+    pickled = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelError(
+            f"refusing a model that contains pickle files: {pickled}",
+            file=local,
+            hint="pickle can run arbitrary code when loaded; use a model trained by this pipeline (skops)",
+        )
     artifacts = local / "artifacts"
     info_path = artifacts / MODEL_INFO_FILE
     if not info_path.is_file():

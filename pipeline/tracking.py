@@ -29,13 +29,34 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(project_root) / 'mlflow.db'}"
 
 
-def configure(project_root: Path, experiment: str) -> str:
-    """Point MLflow at the store and make sure ``experiment`` exists with artifacts under the store root."""
+def use_store(project_root: Path) -> str:
+    """Point MLflow's tracking and registry at the project's store (or $MLFLOW_TRACKING_URI)."""
     import mlflow  # noqa: PLC0415
 
     uri = tracking_uri(project_root)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    return uri
+
+
+def registry_version(model_uri: str) -> str:
+    """The version number a ``models:/name@alias`` or ``models:/name/3`` URI resolves to."""
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    reference = model_uri.removeprefix("models:/")
+    client = MlflowClient()
+    if "@" in reference:
+        name, alias = reference.split("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).version)
+    name, _, version = reference.partition("/")
+    return version or "unknown"
+
+
+def configure(project_root: Path, experiment: str) -> str:
+    """Point MLflow at the store and make sure ``experiment`` exists with artifacts under the store root."""
+    import mlflow  # noqa: PLC0415
+
+    uri = use_store(project_root)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
         artifact_location = None

@@ -1,0 +1,284 @@
+"""`trd score` and `trd validate`: happy paths, every kind of bad input, atomic outputs, the model checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.contract import CohortContract
+from pipeline.errors import ExitCode
+from pipeline.features import FeatureSpec, build_features
+from pipeline.model import OUTPUT_COLUMN, load_bundle, save_bundle
+from pipeline.score import SeenIds
+from pipeline.train import make_estimator
+from tests.conftest import REPO_ROOT
+
+runner = CliRunner()
+PREDICTORS = ("age", "sex", "bmi", "madrs_baseline", "route", "family_history_aud", "benzodiazepine_mg_deq")
+
+
+def canonical_rows(contract: CohortContract, n: int, seed: int = 0) -> pd.DataFrame:
+    """Patients in the canonical input layout, as a clinic would export them (text codes)."""
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "patient_id": [f"P{i:05d}" for i in range(n)],
+            "age": rng.integers(18, 80, n).astype(float),
+            "sex": rng.choice(["F", "M", "female", "Male"], n),
+            "bmi": rng.normal(28, 4, n).clip(16, 50).round(1),
+            "madrs_baseline": rng.integers(20, 50, n).astype(float),
+            "route": rng.choice(["iv_racemic", "intranasal_esketamine", "oral"], n),
+            "family_history_aud": rng.choice(["yes", "no", "1", "0"], n),
+            "benzodiazepine_mg_deq": rng.choice([0.0, 5.0, 10.0], n),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
+    """A small XGBoost model in this pipeline's bundle format, trained on canonical rows."""
+    from pipeline.harmonise import harmonise, rules_from_tabular_spec
+    from pipeline.scales import load_scale_conversions
+    from pipeline.score import canonical_format
+    from pipeline.sources.tabular import stage_tabular
+
+    spec = FeatureSpec.from_columns("acute", "response_acute", [contract.column(c) for c in PREDICTORS])
+    rows = canonical_rows(contract, 500, seed=1)
+    fmt = canonical_format(contract)
+    staged = stage_tabular(rows, fmt, "train.csv", required=["patient_id", *PREDICTORS])
+    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
+    cohort = harmonise(staged.rows, rules_from_tabular_spec(fmt, constants={"cohort": "synthetic"}), contract, scales)
+    X = build_features(cohort.cohort, spec)
+    rng = np.random.default_rng(2)
+    y = (rng.random(len(X)) < 1 / (1 + np.exp(-(0.08 * (X["bmi"] - 28) - 0.05 * X["benzodiazepine_mg_deq"])))).astype(
+        int
+    )
+    estimator = make_estimator("xgboost", seed=0).set_params(n_estimators=30, max_depth=2).fit(X, y)
+    folder = tmp_path_factory.mktemp("model") / "acute"
+    info = {
+        "task": "acute", "target": "response_acute", "candidate": "xgboost", "calibration": "none",
+        "risk_bands": [{"name": "low", "upper": 0.3}, {"name": "intermediate", "upper": 0.5},
+                       {"name": "high", "upper": 1.0}],
+        "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
+        "package_version": "test",
+    }  # fmt: skip
+    signature = mlflow.models.infer_signature(X.head(3), pd.DataFrame({OUTPUT_COLUMN: [0.0] * 3}))
+    save_bundle(
+        folder, estimator=estimator, feature_spec=spec, info_fields=info, signature=signature, input_example=X.head(3)
+    )
+    return folder
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def write(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_happy_path_scores_every_row(tmp_path, model_dir, contract, suffix: str) -> None:
+    rows = canonical_rows(contract, 250)
+    source = write(rows, tmp_path / f"in{suffix}")
+    out = tmp_path / f"scores{suffix}"
+    code, text = invoke("score", str(source), "-o", str(out), "--model", str(model_dir), "--chunk-size", "100")
+    assert code == 0, text
+    scored = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out)
+    assert len(scored) == 250
+    assert scored["patient_id"].tolist() == rows["patient_id"].tolist()
+    assert scored["p_response"].between(0, 1).all()
+    assert set(scored["risk_band"]) <= {"low", "intermediate", "high"}
+    assert (scored["model_sha256"] == load_bundle(model_dir).info.estimator_sha256).all()
+    assert "250 rows: 250 scored, 0 rejected" in text
+
+
+def test_scores_equal_the_training_path(tmp_path, model_dir, contract) -> None:
+    """One code path: the CLI's probability equals features built and predicted the way training does."""
+    from pipeline.harmonise import harmonise, rules_from_tabular_spec
+    from pipeline.scales import load_scale_conversions
+    from pipeline.score import canonical_format
+    from pipeline.sources.tabular import stage_tabular
+
+    rows = canonical_rows(contract, 40, seed=9)
+    out = tmp_path / "scores.csv"
+    assert invoke("score", str(write(rows, tmp_path / "in.csv")), "-o", str(out), "--model", str(model_dir))[0] == 0
+    fmt = canonical_format(contract)
+    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
+    staged = stage_tabular(rows.astype(str), fmt, "x", required=["patient_id", *PREDICTORS])
+    rules = rules_from_tabular_spec(fmt, constants={"cohort": "scoring_input"})
+    cohort = harmonise(staged.rows, rules, contract, scales).cohort
+    bundle = load_bundle(model_dir)
+    expected = bundle.predict(build_features(cohort, bundle.feature_spec))
+    np.testing.assert_allclose(pd.read_csv(out)["p_response"].to_numpy(), expected, rtol=0, atol=1e-12)
+
+
+def test_explanations_are_readable_and_machine_readable(tmp_path, model_dir, contract) -> None:
+    out = tmp_path / "scores.parquet"
+    source = write(canonical_rows(contract, 30), tmp_path / "in.csv")
+    code, _ = invoke("score", str(source), "-o", str(out), "--model", str(model_dir), "--explain", "--top-k", "2")
+    assert code == 0
+    scored = pd.read_parquet(out)
+    assert {"drivers", "driver_1_feature", "driver_1_contribution", "driver_2_feature"} <= set(scored.columns)
+    assert scored["drivers"].str.contains("the probability").all()
+    assert set(scored["driver_1_feature"]) <= set(PREDICTORS)
+
+
+def test_rejected_rows_are_written_with_reasons(tmp_path, model_dir, contract) -> None:
+    rows = canonical_rows(contract, 12).astype(object)
+    rows.loc[1, "age"] = 250  # impossible
+    rows.loc[2, "route"] = "Spravto"  # unknown code
+    rows.loc[3, "bmi"] = "heavy"  # wrong type
+    rows.loc[4, "patient_id"] = rows.loc[0, "patient_id"]  # duplicated id
+    rows.loc[5, "madrs_baseline"] = np.nan  # missing is fine: scored as missing
+    rows.loc[6, "bmi"] = 1e300  # huge
+    out = tmp_path / "scores.csv"
+    code, text = invoke("score", str(write(rows, tmp_path / "in.csv")), "-o", str(out), "--model", str(model_dir))
+    assert code == ExitCode.ROWS_REJECTED, text
+    rejects = pd.read_csv(tmp_path / "scores.rejects.csv")
+    scored = pd.read_csv(out)
+    assert len(scored) + len(rejects) == 12
+    reasons = dict(zip(rejects["source_row"], rejects["reason_code"], strict=True))
+    assert reasons == {
+        2: "impossible_value",
+        3: "unknown_code",
+        4: "wrong_type",
+        5: "duplicate_record",
+        7: "impossible_value",
+    }
+    assert rejects.set_index("source_row").loc[3, "column"] == "route"
+    assert 6 in scored["source_row"].tolist()
+    assert "5 rejected" in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"patient_id,age,sex,bmi,madrs_baseline,route,family_history_aud,benzodiazepine_mg_deq\n", "no rows"),
+        (b"patient_id;age;sex\nP1;40;F\n", "missing required column"),
+        (
+            "patient_id,age,sex,bmi,madrs_baseline,route,family_history_aud,benzodiazepine_mg_deq\nP\xe91,40,F,25,30,oral,no,0\n".encode(
+                "latin-1"
+            ),
+            "UTF-8",
+        ),
+    ],
+)
+def test_bad_csv_inputs_fail_clearly_and_write_nothing(tmp_path, model_dir, content: bytes, message: str) -> None:
+    source = tmp_path / "in.csv"
+    source.write_bytes(content)
+    out = tmp_path / "scores.csv"
+    code, text = invoke("score", str(source), "-o", str(out), "--model", str(model_dir))
+    assert code == ExitCode.INPUT, text
+    assert message in text
+    assert "in.csv" in text
+    assert "Traceback" not in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_missing_column_lists_every_missing_column(tmp_path, model_dir, contract) -> None:
+    rows = canonical_rows(contract, 5).drop(columns=["bmi", "route"])
+    code, text = invoke(
+        "score", str(write(rows, tmp_path / "in.csv")), "-o", str(tmp_path / "o.csv"), "--model", str(model_dir)
+    )
+    assert code == ExitCode.INPUT
+    assert "bmi" in text
+    assert "route" in text
+
+
+def test_truncated_parquet_is_refused(tmp_path, model_dir, contract) -> None:
+    source = write(canonical_rows(contract, 50), tmp_path / "in.parquet")
+    source.write_bytes(source.read_bytes()[:-100])
+    code, text = invoke("score", str(source), "-o", str(tmp_path / "o.parquet"), "--model", str(model_dir))
+    assert code == ExitCode.INPUT
+    assert "truncated" in text or "corrupt" in text
+
+
+def test_unreadable_path_and_missing_output_folder(tmp_path, model_dir, contract) -> None:
+    code, text = invoke("score", str(tmp_path / "nope.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(model_dir))
+    assert code == ExitCode.INPUT
+    assert "not found" in text
+    source = write(canonical_rows(contract, 5), tmp_path / "in.csv")
+    code, text = invoke("score", str(source), "-o", str(tmp_path / "absent" / "o.csv"), "--model", str(model_dir))
+    assert code == ExitCode.USAGE
+    assert "output folder does not exist" in text
+
+
+def test_tampered_model_is_refused(tmp_path, model_dir, contract) -> None:
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    estimator = copy / "artifacts" / "estimator.skops"
+    data = bytearray(estimator.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # flip one byte in the middle
+    estimator.write_bytes(bytes(data))
+    source = write(canonical_rows(contract, 5), tmp_path / "in.csv")
+    code, text = invoke("score", str(source), "-o", str(tmp_path / "o.csv"), "--model", str(copy))
+    assert code == ExitCode.MODEL
+    assert "does not match the recorded" in text
+    (copy / "artifacts" / "model.pkl").write_bytes(b"not allowed")
+    code, text = invoke("score", str(source), "-o", str(tmp_path / "o.csv"), "--model", str(copy))
+    assert code == ExitCode.MODEL
+    assert "pickle" in text
+
+
+def test_interrupted_run_leaves_no_output(tmp_path, model_dir, contract) -> None:
+    """A SIGTERM mid-run (as `kill` sends) leaves neither the output nor the rejects file."""
+    big = pd.concat([canonical_rows(contract, 2000, seed=s) for s in range(40)], ignore_index=True)
+    big["patient_id"] = [f"P{i:07d}" for i in range(len(big))]
+    source = write(big, tmp_path / "big.csv")
+    out = tmp_path / "scores.csv"
+    env = {**os.environ, "TRD_PROJECT_ROOT": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "score", str(source), "-o", str(out), "--model", str(model_dir),
+         "--chunk-size", "500", "--explain"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(p.name.startswith(".scores.csv.") for p in tmp_path.iterdir()):
+        time.sleep(0.05)
+    assert process.poll() is None, "the scorer finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
+
+
+def test_validate_reports_without_scoring(tmp_path, model_dir, contract) -> None:
+    rows = canonical_rows(contract, 10).astype(object)
+    rows.loc[2, "sex"] = "x"
+    source = write(rows, tmp_path / "in.csv")
+    code, text = invoke("validate", str(source), "--model", str(model_dir))
+    assert code == ExitCode.ROWS_REJECTED
+    assert "10 rows, 9 valid, 1 would be rejected" in text
+    assert "unknown_code: 1" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_seen_ids_find_every_earlier_id() -> None:
+    seen = SeenIds()
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 2**63, 1000, dtype=np.uint64) for _ in range(20)]
+    for batch in batches:
+        seen.add(batch)
+    assert seen.contains(np.concatenate(batches)).all()
+    assert not seen.contains(rng.integers(0, 2**63, 1000, dtype=np.uint64)).any()
+    assert len(seen.levels) <= 6
