@@ -454,7 +454,7 @@ def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
     frame["sustained_week8"] = sustained
     frame["response_placebo_acute"] = responded(placebo)
     with np.errstate(divide="ignore", invalid="ignore"):
-        pct = 100.0 * (acute - base) / base
+        pct = 100.0 * ((acute - base) / base)  # divide first: (0 - b) / b is exactly -1
     frame["madrs_pct_change_acute"] = pct.where(base > 0)
     return frame
 

@@ -151,6 +151,17 @@ def dump_estimator(estimator: Any, path: Path) -> str:
     return sha256_file(path)
 
 
+def feature_signature(feature_names: list[str]) -> Any:
+    """All-float64 input signature with every feature optional (any clinical value may be missing)."""
+    from mlflow.models import ModelSignature  # noqa: PLC0415
+    from mlflow.types import ColSpec, Schema  # noqa: PLC0415
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("double", name, required=False) for name in feature_names]),
+        outputs=Schema([ColSpec("double", OUTPUT_COLUMN)]),
+    )
+
+
 def load_estimator(path: Path, expected_sha256: str) -> Any:
     """Check the recorded hash and the types in the file, then load; refuse anything else."""
     path = Path(path)
@@ -275,7 +286,8 @@ def log_saved_model(model_dir: Path, registered_name: str) -> str:
 
     artifacts_dir = Path(model_dir) / "artifacts"
     saved = mlflow.models.Model.load(str(model_dir))
-    example = pd.read_json(Path(model_dir) / "input_example.json", orient="split")
+    # JSON turns 46.0 into 46; the signature is all-double
+    example = pd.read_json(Path(model_dir) / "input_example.json", orient="split").astype("float64")
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(MODEL_CODE),

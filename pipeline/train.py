@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -345,13 +346,11 @@ def save_candidates(trained: TrainedTask, folder: Any) -> None:
 
 
 def main(task_name: str) -> None:
-    from mlflow.models import infer_signature  # noqa: PLC0415 (slow import)
-
     from pipeline import __version__  # noqa: PLC0415
     from pipeline.contract import load_contract  # noqa: PLC0415
     from pipeline.features import FeatureSpec, build_features, build_target  # noqa: PLC0415
     from pipeline.io import read_parquet, write_json  # noqa: PLC0415
-    from pipeline.model import OUTPUT_COLUMN, save_bundle, sha256_file  # noqa: PLC0415
+    from pipeline.model import feature_signature, save_bundle, sha256_file  # noqa: PLC0415
     from pipeline.params import BaseParams, parse_section, read_params_file  # noqa: PLC0415
     from pipeline.paths import ProjectPaths  # noqa: PLC0415
     from pipeline.tasks import TasksParams, task_predictors  # noqa: PLC0415
@@ -381,7 +380,7 @@ def main(task_name: str) -> None:
         "registered_model_name": f"trd-{task_name}",
         "package_version": __version__,
     }
-    signature = infer_signature(trained.example, pd.DataFrame({OUTPUT_COLUMN: np.zeros(len(trained.example))}))
+    signature = feature_signature(spec.feature_names)
     model_dir = paths.models_dir / task_name
     save_bundle(
         model_dir,
@@ -393,11 +392,18 @@ def main(task_name: str) -> None:
     )
     write_json(cv_report(trained, params), paths.reports_dir / task_name / "cv_metrics.json")
     save_candidates(trained, paths.models_dir / "candidates" / task_name)
-    log_to_mlflow(trained, params, paths.root, model_dir, train_path=train_path, seed=seed)
+    log_to_mlflow(trained, params, paths.root, model_dir, features=X, train_path=train_path, seed=seed)
 
 
 def log_to_mlflow(
-    trained: TrainedTask, params: TrainParams, root: Any, model_dir: Any, *, train_path: Any, seed: int
+    trained: TrainedTask,
+    params: TrainParams,
+    root: Any,
+    model_dir: Any,
+    *,
+    features: pd.DataFrame,
+    train_path: Any,
+    seed: int,
 ) -> dict[str, Any]:
     """One run per task, a nested run per candidate; the saved model logged once, registered, gated."""
     import mlflow  # noqa: PLC0415
@@ -421,9 +427,12 @@ def log_to_mlflow(
             }
         )
         # lineage without data: the digest and schema of the training features, never the rows or their ids
-        features_digest = mlflow.data.from_pandas(
-            trained.example, source=str(train_path.relative_to(root)), name=f"{trained.task}-train"
-        )
+        with warnings.catch_warnings():
+            # MLflow 3.17 registers its local-file source class twice and warns that the path is ambiguous
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            features_digest = mlflow.data.from_pandas(
+                features, source=str(train_path.relative_to(root)), name=f"{trained.task}-train"
+            )
         mlflow.log_input(features_digest, context="training")
         mlflow.set_tag("training_data_sha256", sha256_file(train_path))
         for path, digest in tracking.dvc_lock_hashes(root, "split").items():

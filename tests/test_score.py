@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,7 +18,7 @@ from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
 from pipeline.features import FeatureSpec, build_features
-from pipeline.model import OUTPUT_COLUMN, load_bundle, save_bundle
+from pipeline.model import feature_signature, load_bundle, save_bundle
 from pipeline.score import SeenIds
 from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
@@ -73,7 +72,7 @@ def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
         "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
         "package_version": "test",
     }  # fmt: skip
-    signature = mlflow.models.infer_signature(X.head(3), pd.DataFrame({OUTPUT_COLUMN: [0.0] * 3}))
+    signature = feature_signature(list(X.columns))
     save_bundle(
         folder, estimator=estimator, feature_spec=spec, info_fields=info, signature=signature, input_example=X.head(3)
     )

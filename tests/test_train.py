@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from pipeline import tracking
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureColumn, FeatureSpec
-from pipeline.model import OUTPUT_COLUMN, load_bundle, save_bundle
+from pipeline.model import OUTPUT_COLUMN, feature_signature, load_bundle, save_bundle
 from pipeline.train import (
     CandidateParams,
     CandidateResult,
@@ -133,7 +133,7 @@ def _save(trained, folder: Path, tiny_data) -> Path:
         {"name": "high", "upper": 1.0}], "training_data_sha256": "0" * 64, "n_train": len(X),
         "registered_model_name": "trd-acute", "package_version": "test",
     }  # fmt: skip
-    signature = mlflow.models.infer_signature(trained.example, pd.DataFrame({OUTPUT_COLUMN: [0.0] * 5}))
+    signature = feature_signature(list(X.columns))
     save_bundle(
         folder, estimator=trained.estimator, feature_spec=spec, info_fields=info, signature=signature,
         input_example=trained.example,
@@ -146,6 +146,7 @@ def test_saved_model_has_a_float64_signature_and_returns_probabilities(trained, 
     model = mlflow.models.Model.load(str(model_dir))
     assert model.signature is not None
     assert {spec.type.name for spec in model.signature.inputs.inputs} == {"double"}
+    assert not any(spec.required for spec in model.signature.inputs.inputs)  # any clinical value may be missing
     pyfunc = mlflow.pyfunc.load_model(str(model_dir))
     X, _ = tiny_data
     out = pyfunc.predict(X.head(20))
@@ -171,14 +172,14 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     train_file = tmp_path / "train.parquet"
     train_file.write_bytes(b"stand-in for the split file")
     passing = tiny_params(gate={"min_cv_auroc_lower": 0.0, "calibration_slope": [0.01, 100.0]})
-    decision = log_to_mlflow(trained, passing, tmp_path, model_dir, train_path=train_file, seed=3)
+    decision = log_to_mlflow(trained, passing, tmp_path, model_dir, features=X, train_path=train_file, seed=3)
     assert decision["gate_passed"] is True
     client = MlflowClient()
     champion = client.get_model_version_by_alias("trd-acute", "champion")
     assert str(champion.version) == decision["version"]
 
     refusing = tiny_params(gate={"min_cv_auroc_lower": 0.999, "calibration_slope": [0.99, 1.01]})
-    refused = log_to_mlflow(trained, refusing, tmp_path, model_dir, train_path=train_file, seed=3)
+    refused = log_to_mlflow(trained, refusing, tmp_path, model_dir, features=X, train_path=train_file, seed=3)
     assert refused["gate_passed"] is False
     assert str(client.get_model_version_by_alias("trd-acute", "champion").version) == decision["version"]
     tags = client.get_model_version("trd-acute", refused["version"]).tags
