@@ -716,6 +716,28 @@ def _auroc_batch(y: FloatArray, p: FloatArray, counts: FloatArray) -> FloatArray
     return _ratio(num, w_event.sum(axis=1) * w_nonevent.sum(axis=1))
 
 
+def _auprc_batch(y: FloatArray, p: FloatArray, counts: FloatArray) -> FloatArray:
+    """Average precision for each row of resampling counts, as ``average_precision_score`` defines it.
+
+    AP = Σ_t (R_t − R_{t−1}) · P_t over the distinct score thresholds t (highest first), where a tie group
+    enters as a whole. With weights w (resample counts), cumulative weighted TP and FP at the end of each tie
+    group give P_t and R_t for all resamples at once. NaN where a resample has no events.
+    """
+    order = np.argsort(-p, kind="stable")
+    p_sorted, y_sorted = p[order], y[order]
+    weights = counts[:, order]
+    tp = np.cumsum(weights * y_sorted, axis=1)
+    fp = np.cumsum(weights * (1.0 - y_sorted), axis=1)
+    ends = np.flatnonzero(np.r_[p_sorted[1:] != p_sorted[:-1], True])
+    tp_end, fp_end = tp[:, ends], fp[:, ends]
+    total_pos = tp_end[:, -1]
+    gained = np.diff(tp_end, axis=1, prepend=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(tp_end + fp_end > 0, tp_end / (tp_end + fp_end), 0.0)
+        ap = (gained * precision).sum(axis=1) / total_pos
+    return np.where(total_pos > 0, ap, np.nan)
+
+
 def _brier_batch(y: FloatArray, p: FloatArray, counts: FloatArray) -> FloatArray:
     return counts @ ((p - y) ** 2) / y.size
 
@@ -742,6 +764,7 @@ _UNCHECKED: dict[Callable[..., float], Metric] = {
 # Public metric -> vectorised version over a (replicates, n) matrix of resampling counts.
 _BATCHED: dict[Callable[..., float], Callable[[FloatArray, FloatArray, FloatArray], FloatArray]] = {
     auroc: _auroc_batch,
+    auprc: _auprc_batch,
     brier_score: _brier_batch,
     scaled_brier_score: _scaled_brier_batch,
     observed_minus_expected: _oe_batch,

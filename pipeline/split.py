@@ -23,7 +23,7 @@ from pipeline.tasks import TasksParams, TaskSpec
 
 log = logging.getLogger(__name__)
 
-PARAMS_USED = ("base.seed", "tasks", "split")
+PARAMS_USED = ("base.seed", "tasks.{task}", "split")
 
 
 class SplitParams(Frozen):

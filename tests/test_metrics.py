@@ -829,3 +829,24 @@ def test_riley_rounding_switch_and_bad_inputs() -> None:
         m.riley_sample_size(parameters=10, prevalence=0.5, c_statistic=0.4)
     with pytest.raises(ConfigError, match="parameters"):
         m.riley_sample_size(parameters=0, prevalence=0.5, r2_cs=0.1)
+
+
+def test_batched_auprc_equals_sklearn_on_resamples_with_ties() -> None:
+    """The vectorised bootstrap path for AUPRC must equal average_precision_score on each resample."""
+    from sklearn.metrics import average_precision_score
+
+    from pipeline.metrics import _auprc_batch
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(5, 60))
+        y = (rng.random(n) < 0.4).astype(float)
+        p = np.round(rng.random(n), int(rng.integers(1, 3)))  # coarse rounding makes ties
+        counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(4)]).astype(float)
+        batched = _auprc_batch(y, p, counts)
+        for row, weights in zip(batched, counts, strict=True):
+            resample = np.repeat(np.arange(n), weights.astype(int))
+            if y[resample].sum() == 0:
+                assert np.isnan(row)
+            else:
+                assert row == pytest.approx(average_precision_score(y[resample], p[resample]), abs=1e-12)

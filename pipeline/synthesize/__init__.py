@@ -1,0 +1,182 @@
+"""The ``synthesize`` stage: a literature-grounded synthetic TRD ketamine cohort with known ground truth.
+
+Outputs (data/raw/synthetic/):
+
+- ``export.parquet``: a messy clinic export in the raw columns, codes and units of configs/sources/synthetic.yaml;
+- ``truth.parquet``: one clean row per patient with every canonical column (configs/cohort_schema.yaml) and the
+  true probabilities ``p_response_acute``, ``p_response_end``, ``p_remission_end``, ``p_sustained_week8`` (given
+  baseline) and ``p_response_end_early`` (given baseline and the early markers);
+- ``corruptions.parquet``: one row per damaged export cell (export_row, patient_id, kind, column, clean_value,
+  export_value);
+- ``planted_effects.json``: the planted coefficients (marginal log-odds), their encodings, the mean |SHAP| of the
+  true model per feature, realised rates and the oracle AUROC per outcome.
+
+Generative model (figures and citations are in params.yaml, ``synthesize:``; literature.md §8):
+
+1. **Sites** have their own case-mix: mean age, route mix, psychotherapy mix, the rating scale and body-size units
+   they record, and a log-odds offset shared by every outcome (:mod:`.cohort`).
+2. **Baseline traits** (age, sex, BMI, failed trials, history flags, benzodiazepine dose, CRP, baseline MADRS,
+   current suicidal ideation) share a Gaussian copula: configured marginals, latent correlations from lit §8a.
+   **Treatment** follows the site's mix; dose and number of sessions follow the route (and age for esketamine).
+3. **Outcomes** (:mod:`.outcomes`). For latent ``k`` in {acute, end, week8},
+   ``eta_k(x) = intercept_k + site offset + sum_t beta_kt * term_t(x)`` with planted marginal log-odds ``beta``
+   (patient-level effects x ``effect_scale``; route effects per outcome; course length on end and week 8;
+   psychotherapy on week 8 only). The latent improvement is ``z_k = eta_k + L_k`` with ``L_k`` standard logistic,
+   so ``P(z_k > 0 | x) = sigmoid(eta_k)`` exactly; the logistic noise is the unmeasured heterogeneity that caps
+   the oracle AUROC. The ``L_k = logit(Phi(N_k))`` are tied by a Gaussian-copula chain of standard normals
+   ``N_24h - N_acute - N_end - N_week8`` (and the CADSS latent to ``N_end`` for racemic ketamine), so marginals
+   stay exactly logistic while time points correlate.
+4. **Scores**: MADRS = ``round(baseline * r(z))`` with ``r`` decreasing, ``r(0) = 1/2``, ``r(-inf) = 1 +
+   max_worsening``; responders are capped at ``floor(baseline/2)`` and non-responders kept above it, so response
+   (MADRS <= baseline/2) is exactly ``z > 0``. Remission (MADRS_end <= 10) is ``z_end > max(0, r^-1(10.5 /
+   baseline))``, again exact. Intercepts and the spread of ``r`` are calibrated (Brent's method on the mean true
+   probability) so the marginal acute response, end response, remission and sustained rates hit their targets.
+5. **Early markers**: MADRS at 24 h from ``z_24h`` (sharing the acute linear predictor); CADSS peak from a
+   negative binomial per route by the CDF of its latent; SBP rise Normal(16 + age effect, 11.2), no outcome link.
+6. **Probabilities**: ``p_response_*`` and ``p_remission_end`` are logistic in closed form; ``p_sustained_week8``
+   is a bivariate-normal orthant (Drezner-Wesolowsky); ``p_response_end_early`` conditions on the recorded 24 h
+   MADRS and CADSS, each an interval of its latent normal (exact bivariate differences, quadrature over CADSS).
+7. **Export** (:mod:`.export`): codes, units and scales per site, then logged defects (missing at random, missing
+   not at random, BMI not recorded, impossible values, unknown codes, less complete duplicates), shuffled.
+
+Randomness: one ``SeedSequence`` derived from ``base.seed`` and the stage name, split into independent streams
+(truth, export; and within them baseline, latents, markers, rendering, each defect), so the same params give the
+same bytes, and changing an export rate leaves the truth unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.contract import CohortContract, load_contract
+from pipeline.io import write_json, write_parquet
+from pipeline.params import BaseParams, parse_section, read_params_file
+from pipeline.paths import ProjectPaths
+from pipeline.scales import ScaleConversions, load_scale_conversions
+from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.synthesize.effects import auroc, oracle_aurocs, planted_effects
+from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
+from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
+from pipeline.synthesize.params import SynthesizeParams
+from pipeline.synthesize.truth import PROBABILITY_COLUMNS, SimulatedTruth, simulate_truth
+
+__all__ = [
+    "PARAMS_USED",
+    "PROBABILITY_COLUMNS",
+    "SimulatedTruth",
+    "SynthesizeParams",
+    "SyntheticCohort",
+    "apply_defects",
+    "auroc",
+    "bivariate_normal_upper",
+    "conform_truth",
+    "corrupt",
+    "main",
+    "model_terms",
+    "oracle_aurocs",
+    "planted_coefficients",
+    "planted_effects",
+    "render_clean_export",
+    "simulate_truth",
+    "stage_rngs",
+    "synthesize",
+    "term_values",
+]
+
+logger = logging.getLogger(__name__)
+SECTION = "synthesize"
+PARAMS_USED = ("base.seed", SECTION)  # what dvc.yaml must declare for this stage (tests/test_dvc_yaml.py)
+SOURCE = "synthetic"
+OUTPUT_FILES = ("export.parquet", "truth.parquet", "corruptions.parquet", "planted_effects.json")
+
+
+@dataclass(frozen=True)
+class SyntheticCohort:
+    truth: pd.DataFrame
+    export: pd.DataFrame
+    corruptions: pd.DataFrame
+    planted_effects: dict[str, Any]
+
+
+def stage_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Independent generators for the truth and the export, derived from ``base.seed`` and this stage's name."""
+    root = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(SECTION.encode()),))
+    truth_seq, export_seq = root.spawn(2)
+    return np.random.default_rng(truth_seq), np.random.default_rng(export_seq)
+
+
+def conform_truth(frame: pd.DataFrame, contract: CohortContract) -> pd.DataFrame:
+    """Cast the canonical columns to the contract's dtypes and validate them; probabilities follow unchanged."""
+    canonical = contract.pandera_schema().validate(contract.coerce(frame))
+    extra = [c for c in frame.columns if c not in contract.names]
+    return pd.concat([canonical, frame[extra]], axis=1)
+
+
+def synthesize(
+    params: SynthesizeParams,
+    seed: int,
+    *,
+    contract: CohortContract,
+    spec: TabularSourceSpec,
+    scales: ScaleConversions,
+) -> SyntheticCohort:
+    """The whole stage without file input/output: truth, export, corruption log and planted effects."""
+    truth_rng, export_rng = stage_rngs(seed)
+    simulated = simulate_truth(params, truth_rng)
+    # keep only the conformed frame: at a million patients every extra copy of the truth costs ~300 MB
+    simulated = SimulatedTruth(frame=conform_truth(simulated.frame, contract), model=simulated.model)
+    export, corruptions = corrupt(simulated.frame, params, spec, scales, export_rng)
+    return SyntheticCohort(
+        truth=simulated.frame,
+        export=export,
+        corruptions=corruptions,
+        planted_effects=planted_effects(simulated, params),
+    )
+
+
+def main() -> None:
+    """Read params and configs, validate all of them, generate, then write the four outputs atomically."""
+    started = time.perf_counter()
+    paths = ProjectPaths.discover()
+    raw = read_params_file(paths.params_file)
+    seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
+    params = parse_section(SynthesizeParams, raw, SECTION, paths.params_file)
+    contract = load_contract(paths.cohort_schema)
+    spec = load_tabular_spec(paths.sources_dir / f"{SOURCE}.yaml")
+    export_layout(spec)  # the export contract must match what the generator writes, before any work
+    scales = load_scale_conversions(paths.configs / "scale_conversions.yaml")
+
+    cohort = synthesize(params, seed, contract=contract, spec=spec, scales=scales)
+
+    out = paths.synthetic_dir
+    write_parquet(cohort.export, out / "export.parquet")
+    write_parquet(cohort.truth, out / "truth.parquet")
+    write_parquet(cohort.corruptions, out / "corruptions.parquet")
+    write_json(cohort.planted_effects, out / "planted_effects.json")
+
+    low, high = params.oracle_auroc_range
+    for outcome, entry in cohort.planted_effects["outcomes"].items():
+        if outcome != "response_end_early" and not low <= entry["oracle_auroc"] <= high:
+            logger.warning(
+                "oracle AUROC of %s is %.3f, outside synthesize.oracle_auroc_range [%g, %g]",
+                outcome,
+                entry["oracle_auroc"],
+                low,
+                high,
+            )
+    kinds = cohort.corruptions["kind"].value_counts().sort_index()
+    logger.info(
+        "synthesized %d patients into %d export rows (%s) in %.1f s -> %s",
+        len(cohort.truth),
+        len(cohort.export),
+        ", ".join(f"{kind} {count}" for kind, count in kinds.items()),
+        time.perf_counter() - started,
+        out,
+    )

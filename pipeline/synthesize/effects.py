@@ -1,0 +1,159 @@
+"""The planted effects and oracle performance, as the explain and evaluate stages read them (planted_effects.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import logit
+from scipy.stats import rankdata
+
+from pipeline.harmonise import REMISSION_MAX_MADRS
+from pipeline.synthesize.outcomes import Term, model_terms, planted_coefficients, term_values
+from pipeline.synthesize.params import SynthesizeParams
+from pipeline.synthesize.truth import SimulatedTruth
+
+DIGITS = 6  # rounding keeps the JSON short; it is deterministic either way
+PROJECTION_ROWS = 200_000  # the linear projection of the sustained log-odds uses at most this many rows
+
+# outcome -> (true-probability column, latent whose coefficients apply, exact logistic-linear?)
+OUTCOMES: dict[str, tuple[str, str, bool]] = {
+    "response_acute": ("p_response_acute", "acute", True),
+    "response_end": ("p_response_end", "end", True),
+    "remission_end": ("p_remission_end", "end", True),
+    "sustained_week8": ("p_sustained_week8", "week8", False),
+}
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count one half); NaN if a class is empty."""
+    labels = np.asarray(labels, dtype=bool)
+    n_pos = int(labels.sum())
+    n_neg = labels.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(scores, dtype="float64"))
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def oracle_aurocs(truth: pd.DataFrame) -> dict[str, float]:
+    """Best AUROC any model could reach: the true probability against the realised outcome, per task target."""
+    pairs = {
+        **{o: (p, o) for o, (p, _, _) in OUTCOMES.items()},
+        "response_end_early": ("p_response_end_early", "response_end"),
+    }
+    return {name: auroc(truth[p].to_numpy(), truth[o].to_numpy(dtype=bool)) for name, (p, o) in pairs.items()}
+
+
+def _rounded(mapping: dict[str, float]) -> dict[str, float]:
+    return {key: round(float(value), DIGITS) for key, value in mapping.items()}
+
+
+def _importance(
+    terms: dict[str, np.ndarray], coefficients: dict[str, float], definitions: tuple[Term, ...]
+) -> dict[str, float]:
+    """Mean |contribution to the log-odds| per canonical feature: the mean |SHAP| of the true linear model.
+
+    A feature's contribution is the sum over its terms of coefficient * (term - mean term); interaction terms
+    are reported under 'a:b' rather than split between their features.
+    """
+    contributions: dict[str, np.ndarray] = {}
+    for term in definitions:
+        key = ":".join(term.features)
+        centred = coefficients[term.name] * (terms[term.name] - terms[term.name].mean())
+        contributions[key] = contributions.get(key, 0.0) + centred
+    return {key: float(np.abs(values).mean()) for key, values in contributions.items()}
+
+
+def planted_effects(simulated: SimulatedTruth, params: SynthesizeParams) -> dict[str, Any]:
+    """Everything the explain and evaluate stages need to check a model against the truth."""
+    truth = simulated.frame
+    model = simulated.model
+    terms = term_values(truth, params)
+    definitions = model_terms(params)
+    coefficients = planted_coefficients(params)
+    oracle = oracle_aurocs(truth)
+    baseline = truth["madrs_baseline"].to_numpy(dtype="float64")
+
+    outcomes: dict[str, Any] = {}
+    for outcome, (probability, latent, exact) in OUTCOMES.items():
+        entry: dict[str, Any] = {
+            "probability_column": probability,
+            "exact": exact,
+            "intercept": round(model.intercepts[latent], DIGITS),
+            "coefficients": _rounded(coefficients[latent]),
+            "feature_importance": _rounded(_importance(terms, coefficients[latent], definitions)),
+            "target_rate": getattr(params.outcomes.targets, outcome),
+            "realised_rate": round(float(truth[outcome].astype(bool).mean()), DIGITS),
+            "mean_true_probability": round(float(truth[probability].mean()), DIGITS),
+            "oracle_auroc": round(oracle[outcome], DIGITS),
+        }
+        outcomes[outcome] = entry
+    outcomes["remission_end"]["nonlinear"] = {
+        "madrs_baseline": {
+            "formula": (
+                "log-odds -= max(0, spread * (logit(0.5 / max_ratio) - logit((10.5) / (madrs_baseline * max_ratio))))"
+            ),
+            "average_slope_per_6_points": round(_remission_slope(baseline, model.spread, model.max_ratio), DIGITS),
+        }
+    }
+    sustained = outcomes["sustained_week8"]
+    sustained["note"] = (
+        "sustained = response at end AND at week 8: its log-odds is not linear in the terms. 'coefficients' and "
+        "'intercept' are those of the week-8 latent (P(madrs_week8 <= baseline/2 | x) = sigmoid(intercept + "
+        "site offset + sum(coefficients * terms))); 'projection' is the least-squares fit of logit(p_sustained_week8) "
+        "on the terms and site, the best linear summary of the true log-odds"
+    )
+    sustained["projection"] = _rounded(_projection(truth, terms, params))
+    outcomes["response_end_early"] = {
+        "probability_column": "p_response_end_early",
+        "exact": True,
+        "note": "P(response_end | baseline, madrs_24h, cadss_peak_first, sbp_rise_first_mmhg) by quadrature "
+        "(absolute error below 1e-5); early markers enter non-linearly, so no coefficients",
+        "oracle_auroc": round(oracle["response_end_early"], DIGITS),
+    }
+    return {
+        "description": (
+            "Planted effects of the synthetic cohort (pipeline/synthesize). Scale: marginal log-odds, "
+            "logit P(outcome | baseline) = intercept + site_offsets[site] + sum(coefficients[t] * term t), exact "
+            "where 'exact' is true. Terms are intercept-free encodings of canonical columns (see 'terms'); a 0 "
+            "coefficient marks a noise feature. feature_importance = mean |coefficient * (term - mean)| per "
+            "canonical feature, i.e. the mean |SHAP| (log-odds) of the true model."
+        ),
+        "effect_scale": params.effect_scale,
+        "terms": {t.name: {"features": list(t.features), "encoding": t.encoding} for t in definitions},
+        "site_offsets": {s.name: s.intercept for s in params.sites},
+        "outcomes": outcomes,
+        "latent_model": {
+            "spread": round(model.spread, DIGITS),
+            "max_ratio": model.max_ratio,
+            "remission_max_madrs": REMISSION_MAX_MADRS,
+            "latent_correlation": params.outcomes.latent_correlation.model_dump(),
+        },
+        "n_patients": len(truth),
+    }
+
+
+def _remission_slope(baseline: np.ndarray, spread: float, max_ratio: float) -> float:
+    """Average d(log-odds of remission)/d(baseline) x 6, where the baseline term is active."""
+    fraction = (REMISSION_MAX_MADRS + 0.5) / (baseline * max_ratio)
+    active = logit(0.5 / max_ratio) > logit(fraction)
+    slope = np.where(active, -spread / (baseline * (1.0 - fraction)), 0.0)
+    return float(6.0 * slope.mean())
+
+
+def _projection(truth: pd.DataFrame, terms: dict[str, np.ndarray], params: SynthesizeParams) -> dict[str, float]:
+    """Least-squares coefficients of logit(p_sustained_week8) on the terms (with site dummies and an intercept)."""
+    rows = slice(0, PROJECTION_ROWS)  # rows are i.i.d., so the first ones are a random sample
+    names = list(terms)
+    site = truth["site"].to_numpy(dtype=object)[rows]
+    sites = [s.name for s in params.sites][1:]
+    design = np.column_stack(
+        [np.ones(len(site)), *(terms[name][rows] for name in names), *((site == s).astype(float) for s in sites)]
+    )
+    p = np.clip(truth["p_sustained_week8"].to_numpy(dtype="float64")[rows], 1e-12, 1 - 1e-12)
+    solution, *_ = np.linalg.lstsq(design, logit(p), rcond=None)
+    # columns that are constant (e.g. a route nobody takes) get no coefficient rather than an arbitrary one
+    constant = design.std(axis=0) == 0
+    return {name: (0.0 if constant[i + 1] else float(solution[i + 1])) for i, name in enumerate(names)}
