@@ -450,5 +450,11 @@ def log_to_mlflow(
             name, version, "estimator_sha256", sha256_file(model_dir / "artifacts" / ESTIMATOR_FILE)
         )
         decision = tracking.promote_if_gated(name, version, reasons)
-        mlflow.set_tags({"gate_passed": str(decision["gate_passed"]), "registered_version": version})
+        mlflow.set_tags(
+            {
+                "gate_passed": str(decision["gate_passed"]),
+                "gate_reasons": "; ".join(reasons) or "passed",  # why the alias did (not) move, on the run too
+                "registered_version": version,
+            }
+        )
     return decision

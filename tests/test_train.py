@@ -190,4 +190,7 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     local = load_bundle(model_dir)
     np.testing.assert_array_equal(registry.predict(X), local.predict(X))
     runs = mlflow.search_runs(experiment_names=["trd-acute"])
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()].sort_values("start_time")
+    assert parents["tags.gate_passed"].tolist() == ["True", "False"]
+    assert "AUROC" in parents["tags.gate_reasons"].iloc[1]
     assert len(runs) == 2 * (1 + len(trained.results))  # parent + nested candidates, twice
