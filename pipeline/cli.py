@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -127,6 +128,24 @@ def evaluate(task: Task, verbose: Verbose = False) -> None:
     run_guarded(lambda: main(task))
 
 
+@app.command()
+def explain(task: Task, verbose: Verbose = False) -> None:
+    """SHAP explanations of TASK's champion, checked for additivity and against the planted truth (params: explain)."""
+    _configure_logging(verbose)
+    from pipeline.explain import main  # noqa: PLC0415
+
+    run_guarded(lambda: main(task))
+
+
+@app.command()
+def report(task: Task, verbose: Verbose = False) -> None:
+    """Write TASK's model card (reports/TASK/model_card.md and .html) from the pipeline's outputs (params: report)."""
+    _configure_logging(verbose)
+    from pipeline.report import main  # noqa: PLC0415
+
+    run_guarded(lambda: main(task))
+
+
 def _input_contract_help() -> str:
     """The default (canonical) input contract, read from configs/cohort_schema.yaml, for `trd score --help`."""
     from pipeline.contract import load_contract  # noqa: PLC0415
@@ -151,10 +170,26 @@ def _input_contract_help() -> str:
     return "\n\n".join(["\n".join(lines[:2]), "\n".join(lines[2:])])
 
 
+class Engine(StrEnum):
+    LOCAL = "local"
+    DASK = "dask"
+
+
 @app.command(epilog=_input_contract_help())
 def score(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet file of patients to score.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (.csv or .parquet, by extension).")],
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="CSV or Parquet file of patients to score; with --engine dask also a folder or a quoted glob of them.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="Output file (.csv or .parquet, by extension); with --engine dask, a folder."
+        ),
+    ],
     task: Annotated[str, typer.Option(help="Prediction task (a model in models/TASK).")] = "acute",
     model: Annotated[
         str | None,
@@ -166,22 +201,55 @@ def score(
     input_format: Annotated[
         str, typer.Option("--format", help="Input layout: 'canonical' or a tabular source in configs/sources/.")
     ] = "canonical",
+    engine: Annotated[
+        Engine, typer.Option(help="local: this process, one file. dask: one task per partition on a Dask cluster.")
+    ] = Engine.LOCAL,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="With --engine dask: a running scheduler (tcp://host:8786). Default: a local cluster."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --engine dask and no --scheduler: local worker processes (default: CPUs)."),
+    ] = None,
     verbose: Verbose = False,
 ) -> None:
     """Score a clinic export: probability of response, risk band and model identity for every valid row.
 
     Invalid rows go to OUTPUT's rejects file (e.g. scores.rejects.csv) with row number, patient id, reason
     code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored.
+    With --engine dask, OUTPUT is a folder: scored/ and rejects/ Parquet partitions (one per input partition),
+    failed_partitions.csv (unreadable partitions, exit 5) and _manifest.json.
     Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage; 3 unreadable or invalid input; 4 model problem.
     """
     _configure_logging(verbose)
     from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415
 
     def action() -> None:
+        if engine is Engine.LOCAL and (scheduler or workers):
+            raise PipelineError("--scheduler and --workers need --engine dask", exit_code=ExitCode.USAGE)
+        if scheduler and workers:
+            raise PipelineError(
+                "give --scheduler or --workers, not both", exit_code=ExitCode.USAGE,
+                hint="--workers sizes a local cluster; a remote cluster has its own workers",
+            )  # fmt: skip
         ctx = build_context(
             model=model, task=task, input_format_name=input_format, source_file=input_path.name,
             explain=explain, top_k=top_k,
         )  # fmt: skip
+        if engine is Engine.DASK:
+            from pipeline.score_dask import score_dataset  # noqa: PLC0415
+
+            dask_summary = score_dataset(
+                input_path, output, ctx, chunk_size=chunk_size, scheduler=scheduler, workers=workers,
+                progress=progress_wanted(),
+            )  # fmt: skip
+            typer.echo(dask_summary.line(), err=True)
+            for name, message in dask_summary.failed:
+                typer.secho(f"partition not scored: {name}: {message}", fg=typer.colors.YELLOW, err=True)
+            if dask_summary.rejected or dask_summary.failed:
+                raise typer.Exit(int(ExitCode.ROWS_REJECTED))
+            return
         summary = score_file(input_path, output, ctx, chunk_size=chunk_size, progress=progress_wanted())
         typer.echo(summary.line(), err=True)
         if summary.rejected:

@@ -44,6 +44,12 @@ class Explained:
 def explained_estimator(estimator: Any) -> tuple[Any, str]:
     """The estimator whose log-odds are explained, and how it relates to the reported probability."""
     if isinstance(estimator, CalibratedClassifierCV):
+        if len(estimator.calibrated_classifiers_) != 1:
+            # ensemble=True averages one calibrated model per fold: no single log-odds produces the score
+            raise TypeError(
+                f"no explanation path for a calibrated ensemble of {len(estimator.calibrated_classifiers_)} models "
+                "(CalibratedClassifierCV(ensemble=True)); the pipeline trains with ensemble=False"
+            )
         inner = estimator.calibrated_classifiers_[0].estimator
         return inner, f"{estimator.method} calibration (monotone) applied to the explained model's output"
     return estimator, "no calibration: the probability is the sigmoid of the explained log-odds"
@@ -123,30 +129,56 @@ def model_margin(estimator: Any, X: pd.DataFrame) -> np.ndarray:
 def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k: int) -> pd.DataFrame:
     """The ``k`` largest contributions per row, as readable text and as feature/contribution columns.
 
-    Vectorised per (rank, feature) pair rather than per row, because the scorer explains millions of rows.
+    Vectorised per feature rather than per row, because the scorer explains millions of rows: each phrase
+    ("bmi 31.2 kg/m2 raises the probability") is built once per distinct value shown, and the rows' texts are
+    joined by Arrow.
     """
+    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow.compute as pc  # noqa: PLC0415
+
     values = explained.values.to_numpy()
     k = min(k, values.shape[1])
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    names = np.asarray(explained.values.columns)[order]
+    columns = np.asarray(explained.values.columns)
+    names = columns[order]
     contribution = np.take_along_axis(values, order, axis=1)
     units = {c.name: c.unit for c in spec.columns}
     cohort = cohort.reset_index(drop=True)
+    phrases: list[str] = []  # every distinct "feature value unit" phrase needed
+    phrase_of = np.zeros(order.shape, dtype="int64")  # (row, rank) -> index into phrases
+    for j in np.unique(order):
+        feature = columns[j]
+        hit = order == j  # a feature is at most one rank of a row
+        rows, _ = np.nonzero(hit)
+        codes, uniques = _distinct(cohort[feature].iloc[rows])
+        shown = [*_display(uniques), _display(uniques.iloc[:0].reindex([0])).iloc[0]]  # the last: missing
+        phrase_of[hit] = len(phrases) + np.where(codes >= 0, codes, len(uniques))
+        phrases += [f"{feature.replace('_', ' ')} {value}{_unit(units.get(feature))}" for value in shown]
+    directions = (" raises the probability", " lowers the probability")
+    directed = pa.array([p + d for p in phrases for d in directions], type=pa.string())
+    directed_of = 2 * phrase_of + (contribution < 0)
     out: dict[str, Any] = {}
-    text = pd.Series("", index=range(len(cohort)), dtype="string")
     for rank in range(k):
-        phrase = pd.Series(pd.NA, index=text.index, dtype="string")
-        for feature in np.unique(names[:, rank]):
-            rows = np.flatnonzero(names[:, rank] == feature)
-            shown = _display(cohort[feature].iloc[rows])
-            phrase.iloc[rows] = (f"{feature.replace('_', ' ')} " + shown + _unit(units.get(feature))).to_numpy()
-        direction = np.where(contribution[:, rank] >= 0, " raises the probability", " lowers the probability")
-        phrase = phrase + direction
-        text = phrase if rank == 0 else text + "; " + phrase
         out[f"driver_{rank + 1}_feature"] = names[:, rank]
         out[f"driver_{rank + 1}_contribution"] = np.round(contribution[:, rank], 4)
-    out["drivers"] = text.to_numpy()
+    ranks = [pc.take(directed, pa.array(directed_of[:, rank])) for rank in range(k)]
+    text = pc.binary_join_element_wise(*ranks, "; ") if k else pa.array([""] * len(order), type=pa.string())
+    out["drivers"] = text.to_numpy(zero_copy_only=False)
     return pd.DataFrame(out, index=explained.values.index)
+
+
+def _distinct(values: pd.Series) -> tuple[np.ndarray, pd.Series]:
+    """Each value's position among the distinct values (-1: missing) and those values, in the same dtype.
+
+    Floats are told apart by their bits, so that 0.0 and -0.0 (shown as "0.0" and "-0.0") stay apart.
+    """
+    if values.dtype == np.dtype("float64"):
+        x = values.to_numpy()
+        codes, bits = pd.factorize(x.view("int64"))
+        codes[np.isnan(x)] = -1
+        return codes, pd.Series(bits.view("float64"))
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    return codes, pd.Series(uniques, dtype=values.dtype)
 
 
 def _display(values: pd.Series) -> pd.Series:

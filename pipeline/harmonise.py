@@ -64,18 +64,37 @@ class HarmoniseResult:
     source_rows: np.ndarray  # the input row number of each cohort row (same order)
 
 
-def _norm(series: pd.Series) -> pd.Series:
-    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing.
+def _norm_codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's position among the distinct values (-1: missing), and those values normalised (None: empty).
 
     Exports repeat a handful of codes millions of times, so only the distinct values are normalised.
     """
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     if len(uniques) == 0:
-        return pd.Series(pd.NA, index=series.index, dtype="string")
+        return codes, np.empty(0, dtype=object)
     text = pd.Series(uniques).astype("string").str.strip().str.casefold()
-    text = text.mask(text == "").to_numpy(dtype=object, na_value=None)
+    return codes, text.mask(text == "").to_numpy(dtype=object, na_value=None)
+
+
+def _norm(series: pd.Series) -> pd.Series:
+    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing."""
+    codes, text = _norm_codes(series)
+    if len(text) == 0:
+        return pd.Series(pd.NA, index=series.index, dtype="string")
     normalised = np.where(codes >= 0, text[np.maximum(codes, 0)], None)
     return pd.Series(normalised, index=series.index, dtype="string")
+
+
+def _map_codes(series: pd.Series, lookup: Mapping[str, object], dtype: str) -> tuple[pd.Series, np.ndarray]:
+    """``lookup`` of each value's normalised code as a ``dtype`` series (missing where the value is missing or
+    unknown), and the mask of non-empty codes not in ``lookup``. Each distinct code is looked up once."""
+    codes, text = _norm_codes(series)
+    given = np.array([t is not None for t in text] + [False])
+    mapped = np.array([None if t is None else lookup.get(t) for t in text] + [None], dtype=object)
+    known = np.array([m is not None for m in mapped])
+    rows = np.where(codes >= 0, codes, len(text))  # missing values point at the trailing None
+    values = pd.array(mapped, dtype=dtype).take(rows)
+    return pd.Series(values, index=series.index), given[rows] & ~known[rows]
 
 
 def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -87,7 +106,7 @@ def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
         import pyarrow as pa  # noqa: PLC0415
         import pyarrow.compute as pc  # noqa: PLC0415
 
-        stripped = pc.utf8_trim_whitespace(pa.array(text.to_numpy(dtype=object, na_value=None), type=pa.string()))
+        stripped = pc.utf8_trim_whitespace(pa.array(text.array, type=pa.string()))
         empty_as_null = pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
         parsed = pd.Series(pc.cast(empty_as_null, pa.float64()).to_numpy(zero_copy_only=False), index=raw.index)
         return parsed.astype("float64"), pd.Series(False, index=raw.index)
@@ -127,19 +146,38 @@ def rules_from_tabular_spec(
     )
 
 
+@dataclass(frozen=True)
+class _Message:
+    """``prefix + value + suffix`` for each row, the value shown as text; built only for the rows flagged."""
+
+    prefix: str
+    values: pd.Series
+    suffix: str
+
+    def build(self, mask: np.ndarray) -> pd.Series:
+        return self.prefix + _shown(self.values[mask]) + self.suffix
+
+
 class _Issues:
-    """Collects (reason, column, row mask, message per row) in the order problems are found."""
+    """Collects (reason, column, row mask, message per flagged row) in the order problems are found."""
 
     def __init__(self, index: pd.Index) -> None:
         self.index = index
         self.items: list[tuple[Reason, str, np.ndarray, pd.Series]] = []
 
-    def add(self, reason: Reason, column: str, mask: pd.Series | np.ndarray, messages: pd.Series | str) -> None:
+    def add(
+        self, reason: Reason, column: str, mask: pd.Series | np.ndarray, messages: _Message | pd.Series | str
+    ) -> None:
         mask_arr = np.asarray(mask, dtype=bool)
         if not mask_arr.any():
             return
-        if isinstance(messages, str):
-            messages = pd.Series(messages, index=self.index, dtype="string")
+        # messages are kept for the flagged rows only (a few per chunk): text for every row is the slow part
+        if isinstance(messages, _Message):
+            messages = messages.build(mask_arr)
+        elif isinstance(messages, str):
+            messages = pd.Series(messages, index=self.index[mask_arr], dtype="string")
+        else:
+            messages = messages[mask_arr]
         self.items.append((reason, column, mask_arr, messages.astype("string")))
 
     def any_mask(self) -> np.ndarray:
@@ -223,32 +261,28 @@ def _parse_columns(
         raw = staged[name]
         if spec.dtype in ("float", "int"):
             parsed, bad = _parse_numbers(raw)
-            issues.add(Reason.WRONG_TYPE, name, bad, "'" + _shown(raw) + f"' is not a number ({name})")
+            issues.add(Reason.WRONG_TYPE, name, bad, _Message("'", raw, f"' is not a number ({name})"))
             if spec.dtype == "int":
                 fractional = parsed.notna() & (parsed != np.round(parsed))
-                issues.add(Reason.WRONG_TYPE, name, fractional, "'" + _shown(raw) + f"' is not a whole number ({name})")
+                issues.add(Reason.WRONG_TYPE, name, fractional, _Message("'", raw, f"' is not a whole number ({name})"))
             out[name] = parsed
         elif name in rules.passthrough:
             out[name] = raw.astype("string").str.strip().mask(lambda s: s == "")
         elif name in rules.boolean or spec.dtype == "bool":
-            normed = _norm(raw)
-            mapped = normed.map(rules.boolean_lookup)
-            unknown = normed.notna() & mapped.isna()
+            mapped, unknown = _map_codes(raw, rules.boolean_lookup, "boolean")
             known = ", ".join(sorted(rules.boolean_lookup)) or "none configured"
             issues.add(
-                Reason.UNKNOWN_CODE, name, unknown, "'" + _shown(raw) + f"' is not a yes/no code for {name} ({known})"
+                Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a yes/no code for {name} ({known})")
             )
-            out[name] = mapped.astype("boolean")
+            out[name] = mapped
         elif spec.dtype == "category":
-            normed = _norm(raw)
             lookup = rules.categorical.get(name)
             if lookup is None:  # the source already records canonical levels
                 lookup = {level.casefold(): level for level in spec.levels or ()}
-            mapped = normed.map(lookup)
-            unknown = normed.notna() & mapped.isna()
+            mapped, unknown = _map_codes(raw, lookup, "string")
             hint = f"known: {', '.join(sorted(set(lookup)))}; add the code to configs/sources/{rules.source}.yaml"
-            issues.add(Reason.UNKNOWN_CODE, name, unknown, "'" + _shown(raw) + f"' is not a known {name} ({hint})")
-            out[name] = mapped.astype("string")
+            issues.add(Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a known {name} ({hint})"))
+            out[name] = mapped
         else:
             out[name] = raw.astype("string")
 
@@ -264,10 +298,11 @@ def _check_ranges(contract: CohortContract, issues: _Issues, out: pd.DataFrame) 
             Reason.IMPOSSIBLE_VALUE,
             spec.name,
             outside,
-            f"{spec.name} "
-            + _shown(values.round(2))
-            + f" is outside the possible range {spec.min:g}–{spec.max:g}"
-            + (f" {spec.unit}" if spec.unit else ""),
+            _Message(
+                f"{spec.name} ",
+                values.round(2),
+                f" is outside the possible range {spec.min:g}–{spec.max:g}" + (f" {spec.unit}" if spec.unit else ""),
+            ),
         )
 
 
@@ -280,7 +315,7 @@ def _to_si(
         Reason.WRONG_TYPE,
         what,
         bad,
-        "'" + _shown(raw) + f"' is not a number ({what})",
+        _Message("'", raw, f"' is not a number ({what})"),
     )
     unit = _norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
     lookup = {k.casefold(): v for k, v in units.items()}
@@ -290,7 +325,7 @@ def _to_si(
         Reason.UNKNOWN_CODE,
         f"{what}_unit",
         unknown,
-        "unit '" + _shown(unit) + f"' of {what} is not one of {', '.join(sorted(lookup))}",
+        _Message("unit '", unit, f"' of {what} is not one of {', '.join(sorted(lookup))}"),
     )
     converted = int((value.notna() & factor.notna() & (factor != 1.0)).sum())
     return value * factor, converted
@@ -316,7 +351,7 @@ def _harmonise_scores(
             Reason.UNKNOWN_CODE,
             "score_scale",
             unknown,
-            "depression scale '" + _shown(staged["score_scale"]) + "' is not MADRS, HAM-D17 or QIDS-SR16",
+            _Message("depression scale '", staged["score_scale"], "' is not MADRS, HAM-D17 or QIDS-SR16"),
         )
         has_score = staged[present].notna().any(axis=1) if present else pd.Series(False, index=staged.index)
         issues.add(Reason.INCONSISTENT, "score_scale", has_score & normed.isna(), "scores given without their scale")
@@ -328,7 +363,7 @@ def _harmonise_scores(
             Reason.WRONG_TYPE,
             column,
             bad,
-            "'" + _shown(raw) + f"' is not a number ({column})",
+            _Message("'", raw, f"' is not a number ({column})"),
         )
         madrs = value.copy()
         for name, (low, high) in scales.ranges.items():
@@ -340,7 +375,7 @@ def _harmonise_scores(
                 Reason.IMPOSSIBLE_VALUE,
                 column,
                 outside,
-                f"{column} " + _shown(value) + f" is outside the {name.upper()} range {low:g}–{high:g}",
+                _Message(f"{column} ", value, f" is outside the {name.upper()} range {low:g}–{high:g}"),
             )
             if name != scales.target and on_scale.any():
                 madrs[on_scale] = scales.to_madrs(recorded.to_numpy(), name)
@@ -360,32 +395,35 @@ def _issue_rows(
 ) -> pd.DataFrame:
     if not quarantined.any():
         return quarantine_frame()
-    first_reason = pd.Series(pd.NA, index=staged.index, dtype="string")
-    first_column = pd.Series(pd.NA, index=staged.index, dtype="string")
-    first_value = pd.Series(pd.NA, index=staged.index, dtype="string")
-    messages = pd.Series(pd.NA, index=staged.index, dtype="string")
+    # only the quarantined rows (usually a few per chunk) are worked on
+    index = staged.index[quarantined]
+    first_reason = pd.Series(pd.NA, index=index, dtype="string")
+    first_column = pd.Series(pd.NA, index=index, dtype="string")
+    first_value = pd.Series(pd.NA, index=index, dtype="string")
+    messages = pd.Series(pd.NA, index=index, dtype="string")
     for reason, column, mask, message in issues.items:
-        fresh = pd.Series(mask, index=staged.index) & first_reason.isna()
-        first_reason[fresh] = str(reason)
-        first_column[fresh] = column
+        hit = pd.Series(mask[quarantined], index=index)
+        fresh = hit & first_reason.isna()
+        first_reason.loc[fresh] = str(reason)
+        first_column.loc[fresh] = column
         source_col = {"weight": "weight_raw", "height": "height_raw"}.get(column, column)
         if source_col in staged:
-            first_value[fresh] = staged.loc[fresh, source_col].astype("string")
-        messages = messages.where(~pd.Series(mask, index=staged.index), messages.str.cat(message, sep="; ", na_rep=""))
+            first_value.loc[fresh] = staged.loc[index[fresh.to_numpy()], source_col].astype("string")
+        messages = messages.where(~hit, messages.str.cat(message.reindex(index), sep="; ", na_rep=""))
         messages = messages.str.lstrip("; ")
     rows = pd.DataFrame(
         {
             "source": source,
-            "source_file": out["source_file"],
-            "source_row": out["source_row"],
-            "patient_id": out["patient_id"],
+            "source_file": out["source_file"].loc[index],
+            "source_row": out["source_row"].loc[index],
+            "patient_id": out["patient_id"].loc[index],
             "reason_code": first_reason,
             "column": first_column,
             "value": first_value,
             "message": messages,
         }
     )
-    return rows.loc[quarantined]
+    return rows
 
 
 def _resolve_duplicates(
@@ -465,11 +503,81 @@ def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str, *, u
         if spec.name not in frame:
             frame[spec.name] = pd.Series(None, index=frame.index, dtype=spec.pandas_dtype)
     frame = contract.coerce(frame.reset_index(drop=True))
-    try:
-        return contract.pandera_schema(unique_ids=unique_ids).validate(frame, lazy=True)
+    schema = _schema(contract, unique_ids)
+    validated = _passes(frame, schema)
+    if validated is not None:
+        return validated
+    try:  # pandera validates again, and names every failure
+        return schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as exc:
         cases = exc.failure_cases.head(10).to_string(index=False)
         raise PipelineError(
             f"harmonised '{source}' rows violate the canonical contract; nothing was written:\n{cases}",
             hint="this is a bug in an adapter or in harmonisation: please report it with this message",
         ) from None
+
+
+_SCHEMAS: dict[tuple[int, bool], tuple[CohortContract, pandera.api.pandas.container.DataFrameSchema]] = {}
+
+
+def _schema(contract: CohortContract, unique_ids: bool) -> pandera.api.pandas.container.DataFrameSchema:
+    """The contract's pandera schema, built once per contract (the scorer validates thousands of chunks)."""
+    cached = _SCHEMAS.get((id(contract), unique_ids))
+    if cached is None or cached[0] is not contract:
+        if len(_SCHEMAS) > 16:
+            _SCHEMAS.clear()
+        cached = _SCHEMAS[(id(contract), unique_ids)] = (contract, contract.pandera_schema(unique_ids=unique_ids))
+    return cached[1]
+
+
+def _passes(frame: pd.DataFrame, schema: pandera.api.pandas.container.DataFrameSchema) -> pd.DataFrame | None:
+    """``schema.validate(frame)`` when the frame passes, with vectorised checks in place of pandera's per-check
+    machinery (which costs more than harmonising a chunk); None when any check fails or the schema uses a
+    feature not understood here, and then pandera validates and reports exactly as before.
+
+    The frame is coerced by pandera itself, then checked as pandera checks: exact columns in order, dtypes,
+    nullability, ``in_range`` and ``isin`` checks ignoring missing values, unique column combinations.
+    """
+    understood = (
+        not (schema.checks or schema.parsers or schema.add_missing_columns or schema.drop_invalid_rows)
+        and schema.index is None and schema.dtype is None
+        and schema.coerce and schema.strict is True and schema.ordered
+        and list(frame.columns) == list(schema.columns) and frame.columns.is_unique
+    )  # fmt: skip
+    if not understood:
+        return None
+    try:
+        coerced = schema.coerce_dtype(frame)
+    except Exception:
+        return None  # pandera reports it
+    if not all(_column_passes(coerced[name], column) for name, column in schema.columns.items()):
+        return None
+    unique = [schema.unique] if isinstance(schema.unique, str) else schema.unique
+    if unique and coerced.duplicated(subset=list(unique)).any():
+        return None
+    return coerced
+
+
+def _column_passes(values: pd.Series, column: pandera.api.pandas.components.Column) -> bool:
+    if column.regex or column.unique or column.parsers or not column.required or values.dtype != column.dtype.type:
+        return False
+    missing = values.isna().to_numpy()
+    if not column.nullable and missing.any():
+        return False
+    return all(_check_passes(values, missing, check) for check in column.checks)
+
+
+def _check_passes(values: pd.Series, missing: np.ndarray, check: pandera.api.checks.Check) -> bool:
+    stats = check.statistics
+    if not check.ignore_na or check.groupby is not None or check.element_wise:
+        return False
+    if check.name == "in_range":
+        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+        low, high = stats["min_value"], stats["max_value"]
+        with np.errstate(invalid="ignore"):
+            above = numbers >= low if stats["include_min"] else numbers > low
+            below = numbers <= high if stats["include_max"] else numbers < high
+        return bool((above & below | missing).all())
+    if check.name == "isin":
+        return bool((values.isin(list(stats["allowed_values"])).to_numpy() | missing).all())
+    return False

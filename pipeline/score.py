@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 CANONICAL_FORMAT = "canonical"
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 REJECT_COLUMNS = ("source_row", "patient_id", "reason_code", "column", "value", "message")
+CSV_BLOCK_SIZE = 1 << 20  # bytes Arrow parses at a time; it reads up to 32 blocks ahead of the scorer
 BOOLEAN_CODES = {"true": ["1", "yes", "y", "true", "t"], "false": ["0", "no", "n", "false", "f"]}
 
 
@@ -158,13 +159,22 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
         names = _csv_header(path)
         reader = pacsv.open_csv(
             path,
-            read_options=pacsv.ReadOptions(block_size=max(1 << 20, chunk_size * 256)),
+            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE),
             convert_options=pacsv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
             ),
         )
+        # Arrow reads up to 32 blocks ahead, so blocks stay small and are gathered into chunks of about
+        # chunk_size * 256 bytes here (about chunk_size rows of a typical export)
+        blocks_per_chunk = max(1, chunk_size * 256 // CSV_BLOCK_SIZE)
+        pending: list[pa.RecordBatch] = []
         for batch in reader:
-            yield batch.to_pandas()
+            pending.append(batch)
+            if len(pending) == blocks_per_chunk:
+                yield pa.Table.from_batches(pending).to_pandas()
+                pending = []
+        if pending:
+            yield pa.Table.from_batches(pending).to_pandas()
     except pa.ArrowInvalid as exc:
         text = str(exc)
         if "UTF8" in text or "utf8" in text or "UTF-8" in text:
@@ -220,7 +230,8 @@ class SeenIds:
     def add(self, hashes: np.ndarray) -> None:
         self.levels.append(np.sort(hashes))
         while len(self.levels) > 1 and len(self.levels[-1]) >= len(self.levels[-2]) // 2:
-            merged = np.sort(np.concatenate([self.levels.pop(), self.levels.pop()]))
+            merged = np.concatenate([self.levels.pop(), self.levels.pop()])
+            merged.sort(kind="stable")  # in place (radix sort for integers): no second copy at the peak
             self.levels.append(merged)
 
 
@@ -268,7 +279,8 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
     ctx.seen.add(np.unique(hashes[~repeated]))
 
     features = build_features(cohort, ctx.bundle.feature_spec)
-    probability = ctx.bundle.predict(features)
+    # a chunk whose rows were all rejected has nothing to predict (scikit-learn refuses an empty matrix)
+    probability = ctx.bundle.predict(features) if len(features) else np.empty(0, dtype="float64")
     info = ctx.bundle.info
     scored = pd.DataFrame(
         {
@@ -283,9 +295,13 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
         }
     )
     if ctx.explain:
-        from pipeline.contributions import explain, top_drivers  # noqa: PLC0415
+        from pipeline.contributions import Explained, explain, top_drivers  # noqa: PLC0415
 
-        explained = explain(ctx.bundle.estimator, features, ctx.bundle.feature_spec)
+        if len(features):
+            explained = explain(ctx.bundle.estimator, features, ctx.bundle.feature_spec)
+        else:
+            columns = pd.DataFrame(columns=ctx.bundle.feature_spec.input_columns, dtype="float64")
+            explained = Explained(values=columns, base_value=np.empty(0), margin=np.empty(0), method="")
         drivers = top_drivers(explained, cohort, ctx.bundle.feature_spec, ctx.top_k)
         scored = pd.concat([scored, drivers.reset_index(drop=True)], axis=1)
     rejects = rejects.reindex(columns=list(REJECT_COLUMNS)).astype(
