@@ -173,12 +173,22 @@ def child_dask(folder: Path, model: Path, chunk_size: int, scratch: Path, worker
         seconds = time.perf_counter() - started
         worker_peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         restarted = summary.workers_used > workers  # a worker died and was replaced: numbers are suspect
+        # the fixed cost of a job on a running cluster: 1,000 rows in one partition
+        import pyarrow.parquet as pq  # noqa: PLC0415
+
+        (scratch / "tiny").mkdir()
+        pq.write_table(pq.read_table(partitions_of(folder)[0]).slice(0, 1000), scratch / "tiny" / "part-0.parquet")
+        started = time.perf_counter()
+        score_dataset(
+            scratch / "tiny", scratch / "tiny-scores", ctx, chunk_size=chunk_size, scheduler=cluster.scheduler_address
+        )
+        tiny_seconds = time.perf_counter() - started
     return {
         "rows": summary.rows, "seconds": seconds, "start_seconds": cluster_seconds + import_seconds,
         "cluster_seconds": cluster_seconds, "import_seconds": import_seconds,
         "client_peak_rss_mb": _peak_mb(),
         "worker_peak_rss_mb": sorted(worker_peaks.values()), "model_loads": summary.model_loads,
-        "partitions": summary.partitions, "restarted": restarted,
+        "partitions": summary.partitions, "restarted": restarted, "tiny_seconds": tiny_seconds,
     }  # fmt: skip
 
 
@@ -281,13 +291,16 @@ def main() -> None:
         )
         print(
             f"{'':<17} (start = cluster {result['cluster_seconds']:.1f} s + pipeline imports on the workers "
-            f"{result['import_seconds']:.1f} s)"
+            f"{result['import_seconds']:.1f} s; a 1,000-row job afterwards: {result['tiny_seconds']:.1f} s)"
         )
         if workers == 2:
             growth.append((result["rows"], result["seconds"]))
 
     print("\n== Dask, 2 workers: job cost against input size (running cluster, imports done) ==")
-    print(f"{'rows':>12} {'partitions':>10} {'job s':>7} {'rows/s':>9} {'max worker MB':>13} {'client MB':>9}")
+    print(
+        f"{'rows':>12} {'partitions':>10} {'job s':>7} {'rows/s':>9} {'max worker MB':>13} {'client MB':>9} "
+        f"{'1k-row job s':>12}"
+    )
     measured = {largest: result}
     for n in sizes[:-1]:
         measured[n] = run_child("dask", folders[n], args, 2)
@@ -296,7 +309,7 @@ def main() -> None:
         r = measured[n]
         print(
             f"{r['rows']:>12,} {r['partitions']:>10} {r['seconds']:>7.1f} {r['rows'] / r['seconds']:>9,.0f} "
-            f"{max(r['worker_peak_rss_mb']):>13,.0f} {r['client_peak_rss_mb']:>9,.0f}"
+            f"{max(r['worker_peak_rss_mb']):>13,.0f} {r['client_peak_rss_mb']:>9,.0f} {r['tiny_seconds']:>12.1f}"
         )
     if len(growth) >= 2:
         fixed, throughput = fit_overhead(growth)

@@ -72,8 +72,8 @@ def _norm_codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     if len(uniques) == 0:
         return codes, np.empty(0, dtype=object)
-    text = pd.Series(uniques).astype("string").str.strip().str.casefold()
-    return codes, text.mask(text == "").to_numpy(dtype=object, na_value=None)
+    text = pd.Series(uniques).astype("string").str.strip().str.casefold().to_numpy(dtype=object, na_value=None)
+    return codes, np.array([None if value == "" else value for value in text], dtype=object)
 
 
 def _norm(series: pd.Series) -> pd.Series:
@@ -395,32 +395,36 @@ def _issue_rows(
 ) -> pd.DataFrame:
     if not quarantined.any():
         return quarantine_frame()
-    # only the quarantined rows (usually a few per chunk) are worked on
+    # only the quarantined rows (usually a few per chunk) are worked on, as plain arrays
     index = staged.index[quarantined]
-    first_reason = pd.Series(pd.NA, index=index, dtype="string")
-    first_column = pd.Series(pd.NA, index=index, dtype="string")
-    first_value = pd.Series(pd.NA, index=index, dtype="string")
-    messages = pd.Series(pd.NA, index=index, dtype="string")
+    first_reason = np.full(len(index), None, dtype=object)
+    first_column = np.full(len(index), None, dtype=object)
+    first_value = np.full(len(index), None, dtype=object)
+    named = np.zeros(len(index), dtype=bool)
+    parts: list[list[str]] = [[] for _ in range(len(index))]
     for reason, column, mask, message in issues.items:
-        hit = pd.Series(mask[quarantined], index=index)
-        fresh = hit & first_reason.isna()
-        first_reason.loc[fresh] = str(reason)
-        first_column.loc[fresh] = column
+        hit = mask[quarantined]
+        fresh = hit & ~named
+        named |= hit
+        first_reason[fresh] = str(reason)
+        first_column[fresh] = column
         source_col = {"weight": "weight_raw", "height": "height_raw"}.get(column, column)
         if source_col in staged:
-            first_value.loc[fresh] = staged.loc[index[fresh.to_numpy()], source_col].astype("string")
-        messages = messages.where(~hit, messages.str.cat(message.reindex(index), sep="; ", na_rep=""))
-        messages = messages.str.lstrip("; ")
+            shown = staged.loc[index[fresh], source_col].astype("string")
+            first_value[fresh] = shown.to_numpy(dtype=object, na_value=None)
+        for row, text in zip(np.flatnonzero(hit), message.to_numpy(dtype=object, na_value=""), strict=True):
+            parts[row].append(text)
+    messages = ["; ".join(texts).lstrip("; ") for texts in parts]
     rows = pd.DataFrame(
         {
             "source": source,
             "source_file": out["source_file"].loc[index],
             "source_row": out["source_row"].loc[index],
             "patient_id": out["patient_id"].loc[index],
-            "reason_code": first_reason,
-            "column": first_column,
-            "value": first_value,
-            "message": messages,
+            "reason_code": pd.Series(first_reason, index=index, dtype="string"),
+            "column": pd.Series(first_column, index=index, dtype="string"),
+            "value": pd.Series(first_value, index=index, dtype="string"),
+            "message": pd.Series(messages, index=index, dtype="string"),
         }
     )
     return rows
