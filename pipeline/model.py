@@ -29,7 +29,6 @@ import numpy as np
 import pandas as pd
 import skops.io as sio
 import yaml
-from mlflow.pyfunc import PythonModel
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.errors import ModelError
@@ -186,19 +185,6 @@ def load_estimator(path: Path, expected_sha256: str) -> Any:
 def predict_proba(estimator: Any, features: pd.DataFrame) -> np.ndarray:
     """Probability of response, as float64."""
     return np.asarray(estimator.predict_proba(features)[:, 1], dtype="float64")
-
-
-class ResponseModel(PythonModel):
-    """The pyfunc: float64 features in, ``p_response`` out. Loaded from code, so no pickle is involved."""
-
-    def load_context(self, context: Any) -> None:
-        info = ModelInfo.model_validate_json(Path(context.artifacts["model_info"]).read_text(encoding="utf-8"))
-        self.feature_spec = FeatureSpec.load(Path(context.artifacts["feature_spec"]))
-        self.estimator = load_estimator(Path(context.artifacts["estimator"]), info.estimator_sha256)
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        features = pd.DataFrame(model_input)[self.feature_spec.feature_names].astype("float64")
-        return pd.DataFrame({OUTPUT_COLUMN: predict_proba(self.estimator, features)}, index=features.index)
 
 
 @dataclass(frozen=True)
