@@ -140,7 +140,6 @@ def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k
     k = min(k, values.shape[1])
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
     columns = np.asarray(explained.values.columns)
-    names = columns[order]
     contribution = np.take_along_axis(values, order, axis=1)
     units = {c.name: c.unit for c in spec.columns}
     cohort = cohort.reset_index(drop=True)
@@ -158,13 +157,25 @@ def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k
     directed = pa.array([p + d for p in phrases for d in directions], type=pa.string())
     directed_of = 2 * phrase_of + (contribution < 0)
     out: dict[str, Any] = {}
+    feature_names = pa.array(columns.tolist(), type=pa.string())
     for rank in range(k):
-        out[f"driver_{rank + 1}_feature"] = names[:, rank]
+        out[f"driver_{rank + 1}_feature"] = _text(pc.take(feature_names, pa.array(order[:, rank])))
         out[f"driver_{rank + 1}_contribution"] = np.round(contribution[:, rank], 4)
     ranks = [pc.take(directed, pa.array(directed_of[:, rank])) for rank in range(k)]
     text = pc.binary_join_element_wise(*ranks, "; ") if k else pa.array([""] * len(order), type=pa.string())
-    out["drivers"] = text.to_numpy(zero_copy_only=False)
+    out["drivers"] = _text(text)
     return pd.DataFrame(out, index=explained.values.index)
+
+
+def _text(strings: Any) -> Any:
+    """Arrow strings as the column pandas itself makes of Python strings, without building the Python strings:
+    its Arrow-backed ``str`` dtype (pandas 3) wraps the Arrow data; otherwise an object array."""
+    import pyarrow as pa  # noqa: PLC0415
+
+    dtype = pd.Series(["text"]).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        return pd.array(strings.cast(pa.large_string()), dtype=dtype)
+    return strings.to_numpy(zero_copy_only=False)
 
 
 def _distinct(values: pd.Series) -> tuple[np.ndarray, pd.Series]:

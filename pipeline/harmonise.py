@@ -478,7 +478,7 @@ def _resolve_duplicates(
 
 def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
     """Response, remission and percent change from the MADRS scores (missing where a score is missing)."""
-    frame = frame.copy()
+    frame = frame.copy(deep=False)  # whole columns are added or replaced, never changed in place
     base = frame["madrs_baseline"] if "madrs_baseline" in frame else pd.Series(np.nan, index=frame.index)
 
     def col(name: str) -> pd.Series:
@@ -502,7 +502,7 @@ def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str, *, unique_ids: bool) -> pd.DataFrame:
-    frame = kept.copy()
+    frame = kept.copy(deep=False)  # columns are only added
     for spec in contract.columns:
         if spec.name not in frame:
             frame[spec.name] = pd.Series(None, index=frame.index, dtype=spec.pandas_dtype)

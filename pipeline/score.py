@@ -27,6 +27,8 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 CANONICAL_FORMAT = "canonical"
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 REJECT_COLUMNS = ("source_row", "patient_id", "reason_code", "column", "value", "message")
-CSV_BLOCK_SIZE = 1 << 20  # bytes Arrow parses at a time; it reads up to 32 blocks ahead of the scorer
+CSV_BLOCK_SIZE = 1 << 19  # bytes Arrow parses at a time; it reads up to 32 blocks ahead of the scorer
 BOOLEAN_CODES = {"true": ["1", "yes", "y", "true", "t"], "false": ["0", "no", "n", "false", "f"]}
 
 
@@ -267,7 +269,7 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
     )
     result = harmonise(staged.rows, ctx.rules, ctx.contract, ctx.scales)
     rejects = result.quarantine
-    cohort = result.cohort
+    cohort = result.cohort[list(dict.fromkeys(["patient_id", *needed]))]  # the columns used below
 
     # duplicated ids: the first occurrence in the file is scored, later ones are rejected
     hashes = pd.util.hash_pandas_object(cohort["patient_id"], index=False).to_numpy()
@@ -286,7 +288,7 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
         )
         rejects = pd.concat([rejects, duplicates], ignore_index=True)
         cohort, kept_rows = cohort.loc[~repeated].reset_index(drop=True), kept_rows[~repeated]
-    ctx.seen.add(np.unique(hashes[~repeated]))
+    ctx.seen.add(hashes[~repeated])  # unique: repeats within the chunk are in `repeated`
 
     features = build_features(cohort, ctx.bundle.feature_spec)
     # a chunk whose rows were all rejected has nothing to predict (scikit-learn refuses an empty matrix)
@@ -355,6 +357,42 @@ class TableSink:
         if self.writer is None:  # no rows at all: still a valid file with a header/schema
             self.write(empty)
         self.writer.close()
+
+
+class BackgroundWrites:
+    """Writes each chunk's tables on one background thread while the next chunk is scored: Arrow releases the GIL
+    while it converts, encodes, compresses and writes. At most one chunk is in flight, so memory stays bounded,
+    and leaving the block waits for it, so nothing is written after the outputs are renamed or removed."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trd-write")
+        self.pending: Future | None = None
+
+    def submit(self, writes: list[tuple[TableSink, pd.DataFrame]]) -> None:
+        self.wait()
+        self.pending = self.pool.submit(_write_all, writes)
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()  # an error of the writing thread is raised here
+
+    def __enter__(self) -> BackgroundWrites:
+        return self
+
+    def __exit__(self, error_type: Any, *_: Any) -> None:
+        try:
+            if error_type is None:
+                self.wait()
+            elif self.pending is not None:  # already failing: let the write finish, its own error is secondary
+                wait_for([self.pending])
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _write_all(writes: list[tuple[TableSink, pd.DataFrame]]) -> None:
+    for sink, frame in writes:
+        sink.write(frame)
 
 
 def rejects_path(output: Path) -> Path:
@@ -446,6 +484,7 @@ def score_file(
         rej_tmp = stack.enter_context(atomic_path(reject_file))
         sink, reject_sink = TableSink(out_tmp, kind), TableSink(rej_tmp, kind)
         bar = stack.enter_context(_progress(progress, count_rows(input_path)))
+        writes = stack.enter_context(BackgroundWrites())  # exits first: writes end before the files are renamed
         empty_scored = empty_rejects = None
         for frame in iter_chunks(input_path, chunk_size):
             if empty_scored is None and frame.empty:
@@ -454,17 +493,18 @@ def score_file(
             rows += len(frame)
             scored += len(out)
             rejected += len(rej)
-            if len(out):
-                sink.write(out)
-            if len(rej):
-                reject_sink.write(rej)
-            empty_scored, empty_rejects = out.iloc[:0], rej.iloc[:0]
+            writes.submit([(target, part) for target, part in ((sink, out), (reject_sink, rej)) if len(part)])
+            # copies: an empty slice would keep the whole chunk alive through the next one
+            empty_scored, empty_rejects = out.iloc[:0].copy(), rej.iloc[:0].copy()
             bar(len(frame))
+            del frame, out, rej  # free this chunk before the next is read: one chunk in memory at a time
+            pa.default_memory_pool().release_unused()  # and hand Arrow's freed pages back to the system
         if rows == 0:
             raise PipelineError(
                 "the file has a header but no rows", file=input_path,
                 hint="a nightly export with no patients usually means the export failed; check it",
             )  # fmt: skip
+        writes.wait()
         sink.close(empty_scored)
         reject_sink.close(empty_rejects)
         if scored + rejected != rows:  # pragma: no cover (score_frame checks each chunk)
