@@ -18,7 +18,9 @@ the cluster and importing the pipeline in every worker process (which a long-run
 job). "job s" is the rest: for Dask, submitting, loading and hash-checking the model on every worker, scoring,
 the duplicate pass and the commit. Rows/s = input rows / job seconds; "with start" divides by both. Peak memory
 is each process's ``ru_maxrss``: the single process, each Dask worker, and the Dask client (which, with a
-LocalCluster, also runs the scheduler and the nannies). The growth table fits ``job seconds = fixed + rows /
+LocalCluster, also runs the scheduler and the nannies). CPU s is the job's CPU time (user + system, all threads)
+summed over those processes: on a machine whose cores are shared with other work, it shows the engine's overhead
+more reliably than wall time. The growth table fits ``job seconds = fixed + rows /
 throughput`` by least squares over the sizes, separating the per-job overhead from the per-row cost.
 
     .venv/bin/python benchmarks/bench_dask.py                                # 1M, 3M, 10M rows (~40 min, 2 cores)
@@ -110,6 +112,13 @@ def snapshot_code() -> Path:
     return folder
 
 
+def _cpu_seconds() -> float:
+    """CPU time (user + system, all threads) of this process so far: less sensitive than wall time to other work
+    on the machine, so it shows the engine's overhead even when the cores are shared."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -119,7 +128,7 @@ def child_single(folder: Path, model: Path, chunk_size: int, scratch: Path) -> d
     from pipeline.score import build_context, score_file  # noqa: PLC0415
 
     import_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     rows = 0
     for i, part in enumerate(partitions_of(folder)):
         ctx = build_context(
@@ -128,8 +137,11 @@ def child_single(folder: Path, model: Path, chunk_size: int, scratch: Path) -> d
         )  # fmt: skip
         summary = score_file(part, scratch / f"scores-{i}.parquet", ctx, chunk_size=chunk_size)
         rows += summary.rows
-    seconds = time.perf_counter() - started
-    return {"rows": rows, "seconds": seconds, "start_seconds": import_seconds, "peak_rss_mb": _peak_mb()}
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu
+    return {
+        "rows": rows, "seconds": seconds, "start_seconds": import_seconds, "cpu_seconds": cpu,
+        "peak_rss_mb": _peak_mb(),
+    }  # fmt: skip
 
 
 def _import_pipeline() -> tuple[float, str]:
@@ -166,11 +178,15 @@ def child_dask(folder: Path, model: Path, chunk_size: int, scratch: Path, worker
         import_seconds = time.perf_counter() - started
         if not all(Path(where).is_relative_to(WORK) for _, where in imported.values()):
             sys.exit(f"a worker imported the working tree, not the snapshot: {imported}")
-        started = time.perf_counter()
+        started, cpu, worker_cpu = time.perf_counter(), _cpu_seconds(), client.run(_cpu_seconds)
         summary = score_dataset(
             folder, scratch / "scores", ctx, chunk_size=chunk_size, scheduler=cluster.scheduler_address
         )
         seconds = time.perf_counter() - started
+        after = client.run(_cpu_seconds)
+        # client (+ scheduler and nannies, which LocalCluster runs here) and every worker
+        client_cpu = _cpu_seconds() - cpu
+        workers_cpu = sum(after[w] - worker_cpu.get(w, 0.0) for w in after)
         worker_peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         restarted = summary.workers_used > workers  # a worker died and was replaced: numbers are suspect
         # the fixed cost of a job on a running cluster: 1,000 rows in one partition
@@ -185,6 +201,7 @@ def child_dask(folder: Path, model: Path, chunk_size: int, scratch: Path, worker
         tiny_seconds = time.perf_counter() - started
     return {
         "rows": summary.rows, "seconds": seconds, "start_seconds": cluster_seconds + import_seconds,
+        "cpu_seconds": client_cpu + workers_cpu, "client_cpu_seconds": client_cpu,
         "cluster_seconds": cluster_seconds, "import_seconds": import_seconds,
         "client_peak_rss_mb": _peak_mb(),
         "worker_peak_rss_mb": sorted(worker_peaks.values()), "model_loads": summary.model_loads,
@@ -265,13 +282,15 @@ def main() -> None:
     n_parts = len(partitions_of(folders[largest]))
     print(f"\n== {largest:,} rows in {n_parts} partitions: single machine vs Dask (LocalCluster on 127.0.0.1) ==")
     print(
-        f"{'path':<17} {'start s':>7} {'job s':>7} {'job rows/s':>10} {'vs single':>9} {'with start':>10}  peak RSS MB"
+        f"{'path':<17} {'start s':>7} {'job s':>7} {'job rows/s':>10} {'vs single':>9} {'with start':>10} "
+        f"{'CPU s':>7} {'CPU us/row':>10}  peak RSS MB"
     )
     single = run_child("single", folders[largest], args)
     base = single["rows"] / single["seconds"]
     print(
         f"{'single machine':<17} {single['start_seconds']:>7.1f} {single['seconds']:>7.1f} {base:>10,.0f} "
-        f"{'1.00x':>9} {single['rows'] / (single['seconds'] + single['start_seconds']):>10,.0f}  "
+        f"{'1.00x':>9} {single['rows'] / (single['seconds'] + single['start_seconds']):>10,.0f} "
+        f"{single['cpu_seconds']:>7.1f} {1e6 * single['cpu_seconds'] / single['rows']:>10.1f}  "
         f"{single['peak_rss_mb']:,.0f} (the one process)"
     )
     growth: list[tuple[int, float]] = []
@@ -285,13 +304,15 @@ def main() -> None:
         flag = "  (a worker restarted: numbers suspect)" if result["restarted"] else ""
         print(
             f"{f'dask, {workers} worker(s)':<17} {result['start_seconds']:>7.1f} {result['seconds']:>7.1f} "
-            f"{rate:>10,.0f} {rate / base:>8.2f}x {with_start:>10,.0f}"
+            f"{rate:>10,.0f} {rate / base:>8.2f}x {with_start:>10,.0f} "
+            f"{result['cpu_seconds']:>7.1f} {1e6 * result['cpu_seconds'] / result['rows']:>10.1f}"
             f"  workers {peaks}; client+scheduler {result['client_peak_rss_mb']:,.0f}; "
             f"model loads {result['model_loads']}{flag}"
         )
         print(
             f"{'':<17} (start = cluster {result['cluster_seconds']:.1f} s + pipeline imports on the workers "
-            f"{result['import_seconds']:.1f} s; a 1,000-row job afterwards: {result['tiny_seconds']:.1f} s)"
+            f"{result['import_seconds']:.1f} s; CPU s of the client+scheduler {result['client_cpu_seconds']:.1f}; "
+            f"a 1,000-row job afterwards: {result['tiny_seconds']:.1f} s)"
         )
         if workers == 2:
             growth.append((result["rows"], result["seconds"]))
@@ -299,7 +320,7 @@ def main() -> None:
     print("\n== Dask, 2 workers: job cost against input size (running cluster, imports done) ==")
     print(
         f"{'rows':>12} {'partitions':>10} {'job s':>7} {'rows/s':>9} {'max worker MB':>13} {'client MB':>9} "
-        f"{'1k-row job s':>12}"
+        f"{'1k-row job s':>12} {'CPU us/row':>10}"
     )
     measured = {largest: result}
     for n in sizes[:-1]:
@@ -309,7 +330,8 @@ def main() -> None:
         r = measured[n]
         print(
             f"{r['rows']:>12,} {r['partitions']:>10} {r['seconds']:>7.1f} {r['rows'] / r['seconds']:>9,.0f} "
-            f"{max(r['worker_peak_rss_mb']):>13,.0f} {r['client_peak_rss_mb']:>9,.0f} {r['tiny_seconds']:>12.1f}"
+            f"{max(r['worker_peak_rss_mb']):>13,.0f} {r['client_peak_rss_mb']:>9,.0f} {r['tiny_seconds']:>12.1f} "
+            f"{1e6 * r['cpu_seconds'] / r['rows']:>10.1f}"
         )
     if len(growth) >= 2:
         fixed, throughput = fit_overhead(growth)

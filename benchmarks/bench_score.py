@@ -262,12 +262,14 @@ def snapshot_model(model: Path) -> Path:
     return copy
 
 
-def run_child(command: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float, float, int, str]:
+def run_child(
+    command: list[str], ok_codes: tuple[int, ...] = (0,), *, cwd: Path = REPO_ROOT, env: dict | None = None
+) -> tuple[float, float, float, int, str]:
     """Run a command; return (wall seconds, CPU seconds, peak RSS MB of the child, exit code, stderr tail)."""
     err_file = WORK / "child.stderr"
     with err_file.open("wb") as err:
         started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)
         seconds = time.perf_counter() - started
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -278,12 +280,21 @@ def run_child(command: list[str], ok_codes: tuple[int, ...] = (0,)) -> tuple[flo
     return seconds, cpu, usage.ru_maxrss / 1024, child.returncode, tail[-1] if tail else ""
 
 
-def bench_trd(n: int, source: Path, model: Path, explain: bool, chunk_size: int, out_dir: Path) -> Run:
+def bench_trd(
+    n: int, source: Path, model: Path, explain: bool, chunk_size: int, out_dir: Path, baseline: Path | None = None
+) -> Run:
+    """``trd score``; with ``baseline``, the scorer of another checkout (``python -m pipeline`` run there)."""
     out = out_dir / f"trd_{n}{source.suffix}"
-    command = [str(BIN / "trd"), "score", str(source), "-o", str(out), "--model", str(model)]
+    if baseline is None:
+        command, cwd, env, runner = [str(BIN / "trd")], REPO_ROOT, None, "trd score"
+    else:
+        command, cwd, runner = [sys.executable, "-m", "pipeline"], baseline, f"trd score @ {baseline.name}"
+        env = {**os.environ, "PYTHONPATH": str(baseline)}
+    command += ["score", str(source), "-o", str(out), "--model", str(model)]
     command += ["--chunk-size", str(chunk_size), "--explain" if explain else "--no-explain"]
-    seconds, cpu, peak, code, summary = run_child(command, ok_codes=(0, 5))  # 5: some rows rejected (expected)
-    return Run("trd score", n, source.suffix[1:], explain, seconds, cpu, peak, code, summary)
+    # exit code 5: some rows rejected (expected: the inputs have invalid rows)
+    seconds, cpu, peak, code, summary = run_child(command, ok_codes=(0, 5), cwd=cwd, env=env)
+    return Run(runner, n, source.suffix[1:], explain, seconds, cpu, peak, code, summary)
 
 
 def bench_mlflow(n: int, features: Path, model: Path, out_dir: Path) -> Run:
@@ -392,6 +403,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--keep-outputs", action="store_true", help="keep the scored files in benchmarks/_work/")
     parser.add_argument("--json", type=Path, help="also write the runs as JSON here")
+    parser.add_argument(
+        "--baseline", type=Path,
+        help="also run `trd score` from another checkout of the project (e.g. a git worktree of main) for "
+        "before/after numbers",
+    )  # fmt: skip
     parser.add_argument("--floor", nargs=2, type=Path, metavar=("INPUT", "OUTPUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO_ROOT))
@@ -412,15 +428,20 @@ def main() -> None:
         plan: list[tuple[str, str, bool]] = []
         for fmt in formats:
             plan.append(("trd", fmt, False))
+            if args.baseline:
+                plan.append(("baseline", fmt, False))
             if not args.no_explain:
                 plan.append(("trd", fmt, True))
+                if args.baseline:
+                    plan.append(("baseline", fmt, True))
             if not args.no_floor:
                 plan.append(("floor", fmt, False))
         if with_mlflow and "csv" in formats:
             plan.append(("mlflow", "csv", False))
         for runner, fmt, explain in plan:
-            if runner == "trd":
-                run = bench_trd(n, inputs[fmt], model, explain, args.chunk_size, out_dir)
+            if runner in ("trd", "baseline"):
+                baseline = args.baseline.resolve() if runner == "baseline" else None
+                run = bench_trd(n, inputs[fmt], model, explain, args.chunk_size, out_dir, baseline)
             elif runner == "floor":
                 run = bench_floor(n, inputs[fmt], model, args.chunk_size, out_dir)
             else:
