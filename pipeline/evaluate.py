@@ -1091,22 +1091,6 @@ def write_figures(evaluation: Evaluation, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def find_training_run(registered_name: str, estimator_sha256: str) -> str | None:
-    """Run id of the newest registered version of ``registered_name`` whose estimator hash matches, if any."""
-    from mlflow import MlflowClient  # noqa: PLC0415
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
-    try:
-        versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
-    except MlflowException as exc:
-        log.warning("MLflow registry search for %s failed: %s", registered_name, exc)
-        return None
-    matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and v.run_id]
-    if not matches:
-        return None
-    return max(matches, key=lambda v: int(v.version)).run_id
-
-
 def log_to_mlflow(task_name: str, root: Path, folder: Path, metrics_nested: dict, estimator_sha256: str) -> str | None:
     """Log the metrics and figures to the task's training run; warn and skip when there is no store or run.
 
@@ -1116,18 +1100,8 @@ def log_to_mlflow(task_name: str, root: Path, folder: Path, metrics_nested: dict
 
     from pipeline import tracking  # noqa: PLC0415
 
-    uri = tracking.tracking_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        log.warning("no MLflow store at %s: evaluation not logged to MLflow (the DVC outputs are complete)", uri)
-        return None
-    registered_name = f"trd-{task_name}"
-    tracking.configure(root, registered_name)
-    run_id = find_training_run(registered_name, estimator_sha256)
+    run_id = tracking.training_run_to_extend(root, task_name, estimator_sha256, "evaluation")
     if run_id is None:
-        log.warning(
-            "no registered version of %s with estimator hash %s…: evaluation not logged to MLflow",
-            registered_name, estimator_sha256[:12],
-        )  # fmt: skip
         return None
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flatten_metrics(metrics_nested))

@@ -1079,20 +1079,10 @@ def log_to_mlflow(task_name: str, root: Path, folder: Path, metrics: dict, estim
     import mlflow  # noqa: PLC0415
 
     from pipeline import tracking  # noqa: PLC0415
-    from pipeline.evaluate import find_training_run, flatten_metrics  # noqa: PLC0415
+    from pipeline.evaluate import flatten_metrics  # noqa: PLC0415
 
-    uri = tracking.tracking_uri(root)
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        log.warning("no MLflow store at %s: explanations not logged to MLflow (the DVC outputs are complete)", uri)
-        return None
-    registered_name = f"trd-{task_name}"
-    tracking.configure(root, registered_name)
-    run_id = find_training_run(registered_name, estimator_sha256)
+    run_id = tracking.training_run_to_extend(root, task_name, estimator_sha256, "explanations")
     if run_id is None:
-        log.warning(
-            "no registered version of %s with estimator hash %s…: explanations not logged to MLflow",
-            registered_name, estimator_sha256[:12],
-        )  # fmt: skip
         return None
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics(flatten_metrics(metrics, prefix="explain."))

@@ -68,6 +68,43 @@ def configure(project_root: Path, experiment: str) -> str:
     return uri
 
 
+def find_training_run(registered_name: str, estimator_sha256: str) -> str | None:
+    """Run id of the newest registered version of ``registered_name`` whose estimator hash matches, if any."""
+    from mlflow import MlflowClient  # noqa: PLC0415
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+
+    try:
+        versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
+    except MlflowException as exc:
+        log.warning("MLflow registry search for %s failed: %s", registered_name, exc)
+        return None
+    matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and v.run_id]
+    if not matches:
+        return None
+    return max(matches, key=lambda v: int(v.version)).run_id
+
+
+def training_run_to_extend(project_root: Path, task_name: str, estimator_sha256: str, what: str) -> str | None:
+    """The training run that later stages (evaluate, explain) add their ``what`` to, with MLflow configured.
+
+    None, with a warning, when there is no store or no registered version with this estimator: the DVC outputs
+    are the primary record, so a missing store never fails a stage.
+    """
+    uri = tracking_uri(project_root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        log.warning("no MLflow store at %s: %s not logged to MLflow (the DVC outputs are complete)", uri, what)
+        return None
+    registered_name = f"trd-{task_name}"
+    configure(project_root, registered_name)
+    run_id = find_training_run(registered_name, estimator_sha256)
+    if run_id is None:
+        log.warning(
+            "no registered version of %s with estimator hash %s…: %s not logged to MLflow",
+            registered_name, estimator_sha256[:12], what,
+        )  # fmt: skip
+    return run_id
+
+
 def git_sha(project_root: Path) -> str:
     try:
         out = subprocess.run(

@@ -194,3 +194,17 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     assert parents["tags.gate_passed"].tolist() == ["True", "False"]
     assert "AUROC" in parents["tags.gate_reasons"].iloc[1]
     assert len(runs) == 2 * (1 + len(trained.results))  # parent + nested candidates, twice
+
+    # evaluate and explain add to the newest training run of the same estimator, and to no other
+    sha = local.info.estimator_sha256
+    assert tracking.training_run_to_extend(tmp_path, "acute", sha, "evaluation") == parents["run_id"].iloc[1]
+    assert tracking.training_run_to_extend(tmp_path, "acute", "0" * 64, "evaluation") is None
+
+
+def test_later_stages_skip_mlflow_without_a_store(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a project with no mlflow.db yet
+    with caplog.at_level("WARNING"):
+        assert tracking.training_run_to_extend(tmp_path, "acute", "0" * 64, "explanations") is None
+    assert "explanations not logged to MLflow" in caplog.text
+    assert not (tmp_path / "mlflow.db").exists()  # looking must not create a store
