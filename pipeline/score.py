@@ -26,7 +26,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import ExitStack, contextmanager
@@ -483,7 +483,7 @@ def score_file(
         out_tmp = stack.enter_context(atomic_path(output_path))
         rej_tmp = stack.enter_context(atomic_path(reject_file))
         sink, reject_sink = TableSink(out_tmp, kind), TableSink(rej_tmp, kind)
-        bar = stack.enter_context(_progress(progress, count_rows(input_path)))
+        bar = stack.enter_context(progress_bar(progress, count_rows(input_path)))
         writes = stack.enter_context(BackgroundWrites())  # exits first: writes end before the files are renamed
         empty_scored = empty_rejects = None
         for frame in iter_chunks(input_path, chunk_size):
@@ -513,15 +513,16 @@ def score_file(
 
 
 @contextmanager
-def _progress(enabled: bool, total: int | None) -> Iterator[Any]:
+def progress_bar(enabled: bool, total: int | None, unit: str = "rows") -> Iterator[Callable[[int], None]]:
+    """A rich progress bar counting ``unit`` (quiet when disabled); yields the function that advances it."""
     if not enabled:
         yield lambda n: None
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
-    columns = [TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    columns = [TextColumn(f"scoring {unit}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("rows", total=total)
+        task = bar.add_task(unit, total=total)
         yield lambda n: bar.advance(task, n)
 
 

@@ -117,6 +117,7 @@ from pipeline.score import (
     _check_input_path,
     _terminate_as_interrupt,
     iter_chunks,
+    progress_bar,
     score_frame,
 )
 from pipeline.sources.spec import TabularSourceSpec
@@ -800,7 +801,7 @@ def score_dataset(
         stack.callback(_remove, staging)
         client = stack.enter_context(dask_client(scheduler, workers))
         plugin_name = stack.enter_context(model_on_workers(client, plugin_for(ctx)))
-        advance = stack.enter_context(_progress(progress, len(partitions)))
+        advance = stack.enter_context(progress_bar(progress, len(partitions), unit="partitions"))
 
         # first pass: one task per partition
         futures = client.map(
@@ -837,16 +838,3 @@ def score_dataset(
         seconds=time.perf_counter() - started, output=output, workers_used=len({r.worker for r in results}),
         model_loads=len({r.load_id for r in results}),
     )  # fmt: skip
-
-
-@contextmanager
-def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
-
-    columns = [TextColumn("partitions"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    with Progress(*columns, transient=True) as bar:
-        task = bar.add_task("partitions", total=total)
-        yield lambda n: bar.advance(task, n)

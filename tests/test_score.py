@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,27 +45,24 @@ def canonical_rows(contract: CohortContract, n: int, seed: int = 0) -> pd.DataFr
     )
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
-    """A small XGBoost model in this pipeline's bundle format, trained on canonical rows."""
+def save_test_model(contract: CohortContract, folder: Path, logit: Callable[[pd.DataFrame], pd.Series]) -> Path:
+    """A small XGBoost model in this pipeline's bundle format, trained on canonical rows whose outcome follows
+    ``logit(features)``; shared with the Dask tests."""
     from pipeline.harmonise import harmonise, rules_from_tabular_spec
     from pipeline.scales import load_scale_conversions
     from pipeline.score import canonical_format
     from pipeline.sources.tabular import stage_tabular
 
     spec = FeatureSpec.from_columns("acute", "response_acute", [contract.column(c) for c in PREDICTORS])
-    rows = canonical_rows(contract, 500, seed=1)
     fmt = canonical_format(contract)
-    staged = stage_tabular(rows, fmt, "train.csv", required=["patient_id", *PREDICTORS])
+    staged = stage_tabular(
+        canonical_rows(contract, 500, seed=1), fmt, "train.csv", required=["patient_id", *PREDICTORS]
+    )
     scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
     cohort = harmonise(staged.rows, rules_from_tabular_spec(fmt, constants={"cohort": "synthetic"}), contract, scales)
     X = build_features(cohort.cohort, spec)
-    rng = np.random.default_rng(2)
-    y = (rng.random(len(X)) < 1 / (1 + np.exp(-(0.08 * (X["bmi"] - 28) - 0.05 * X["benzodiazepine_mg_deq"])))).astype(
-        int
-    )
+    y = (np.random.default_rng(2).random(len(X)) < 1 / (1 + np.exp(-logit(X)))).astype(int)
     estimator = make_estimator("xgboost", seed=0).set_params(n_estimators=30, max_depth=2).fit(X, y)
-    folder = tmp_path_factory.mktemp("model") / "acute"
     info = {
         "task": "acute", "target": "response_acute", "candidate": "xgboost", "calibration": "none",
         "risk_bands": [{"name": "low", "upper": 0.3}, {"name": "intermediate", "upper": 0.5},
@@ -72,11 +70,19 @@ def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
         "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
         "package_version": "test",
     }  # fmt: skip
-    signature = feature_signature(list(X.columns))
     save_bundle(
-        folder, estimator=estimator, feature_spec=spec, info_fields=info, signature=signature, input_example=X.head(3)
-    )
+        folder, estimator=estimator, feature_spec=spec, info_fields=info,
+        signature=feature_signature(list(X.columns)), input_example=X.head(3),
+    )  # fmt: skip
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
+    def logit(X: pd.DataFrame) -> pd.Series:
+        return 0.08 * (X["bmi"] - 28) - 0.05 * X["benzodiazepine_mg_deq"]
+
+    return save_test_model(contract, tmp_path_factory.mktemp("model") / "acute", logit)
 
 
 def invoke(*args: str) -> tuple[int, str]:

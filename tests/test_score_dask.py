@@ -25,8 +25,6 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, ModelError, PipelineError
-from pipeline.features import FeatureSpec, build_features
-from pipeline.model import feature_signature, save_bundle
 from pipeline.score import ScoringContext, build_context, score_file
 from pipeline.score_dask import (
     FAILED_FILE,
@@ -36,9 +34,8 @@ from pipeline.score_dask import (
     plugin_for,
     score_dataset,
 )
-from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
-from tests.test_score import PREDICTORS, canonical_rows
+from tests.test_score import canonical_rows, save_test_model
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.timeout(180)
@@ -54,35 +51,7 @@ CHUNK = 100
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, contract: CohortContract) -> Path:
-    """A small XGBoost model in this pipeline's bundle format (the recipe of tests/test_score.py)."""
-    from pipeline.harmonise import harmonise, rules_from_tabular_spec
-    from pipeline.scales import load_scale_conversions
-    from pipeline.score import canonical_format
-    from pipeline.sources.tabular import stage_tabular
-
-    spec = FeatureSpec.from_columns("acute", "response_acute", [contract.column(c) for c in PREDICTORS])
-    fmt = canonical_format(contract)
-    staged = stage_tabular(
-        canonical_rows(contract, 500, seed=1), fmt, "train.csv", required=["patient_id", *PREDICTORS]
-    )
-    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
-    cohort = harmonise(staged.rows, rules_from_tabular_spec(fmt, constants={"cohort": "synthetic"}), contract, scales)
-    X = build_features(cohort.cohort, spec)
-    y = (np.random.default_rng(2).random(len(X)) < 1 / (1 + np.exp(-0.08 * (X["bmi"] - 28)))).astype(int)
-    estimator = make_estimator("xgboost", seed=0).set_params(n_estimators=30, max_depth=2).fit(X, y)
-    folder = tmp_path_factory.mktemp("model") / "acute"
-    info = {
-        "task": "acute", "target": "response_acute", "candidate": "xgboost", "calibration": "none",
-        "risk_bands": [{"name": "low", "upper": 0.3}, {"name": "intermediate", "upper": 0.5},
-                       {"name": "high", "upper": 1.0}],
-        "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
-        "package_version": "test",
-    }  # fmt: skip
-    save_bundle(
-        folder, estimator=estimator, feature_spec=spec, info_fields=info,
-        signature=feature_signature(list(X.columns)), input_example=X.head(3),
-    )  # fmt: skip
-    return folder
+    return save_test_model(contract, tmp_path_factory.mktemp("model") / "acute", lambda X: 0.08 * (X["bmi"] - 28))
 
 
 @pytest.fixture(scope="module")
