@@ -220,7 +220,8 @@ def score(
     code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored.
     With --engine dask, OUTPUT is a folder: scored/ and rejects/ Parquet partitions (one per input partition),
     failed_partitions.csv (unreadable partitions, exit 5) and _manifest.json.
-    Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage; 3 unreadable or invalid input; 4 model problem.
+    Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage; 3 unreadable or invalid input; 4 model problem;
+    7 output not writable.
     """
     _configure_logging(verbose)
     from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     MODEL = 4  # model missing, tampered with, or unsafe to load
     ROWS_REJECTED = 5  # the run finished but some rows were rejected (see the rejects file)
     CONFIG = 6  # params.yaml or a configs/ file is invalid
+    OUTPUT = 7  # the output could not be written (disk full, no permission, storage gone)
 
 
 @dataclass

@@ -335,23 +335,32 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
 
 
 class TableSink:
-    """Append frames to one CSV or Parquet file with a fixed schema (the first frame's)."""
+    """Append frames to one CSV or Parquet file with a fixed schema (the first frame's).
 
-    def __init__(self, path: Path, kind: str) -> None:
-        self.path, self.kind = path, kind
+    ``destination`` is the file the user asked for (``path`` may be its temporary name): errors name it.
+    """
+
+    def __init__(self, path: Path, kind: str, destination: Path | None = None) -> None:
+        self.path, self.kind, self.destination = path, kind, destination or path
         self.writer: Any = None
         self.schema: pa.Schema | None = None
 
     def write(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False, schema=self.schema)
-        if self.writer is None:
-            self.schema = table.schema
-            self.writer = (
-                pq.ParquetWriter(self.path, self.schema, compression="zstd")
-                if self.kind == ".parquet"
-                else pacsv.CSVWriter(self.path, self.schema)
-            )
-        self.writer.write_table(table)
+        try:
+            if self.writer is None:
+                self.schema = table.schema
+                self.writer = (
+                    pq.ParquetWriter(self.path, self.schema, compression="zstd")
+                    if self.kind == ".parquet"
+                    else pacsv.CSVWriter(self.path, self.schema)
+                )
+            self.writer.write_table(table)
+        except (OSError, pa.ArrowException) as exc:
+            raise PipelineError(
+                f"the output cannot be written ({exc})", file=self.destination, exit_code=ExitCode.OUTPUT,
+                hint="check the free space and permissions of the output folder, then run again",
+            ) from None  # fmt: skip
 
     def close(self, empty: pd.DataFrame) -> None:
         if self.writer is None:  # no rows at all: still a valid file with a header/schema
@@ -482,7 +491,7 @@ def score_file(
         stack.enter_context(_terminate_as_interrupt())
         out_tmp = stack.enter_context(atomic_path(output_path))
         rej_tmp = stack.enter_context(atomic_path(reject_file))
-        sink, reject_sink = TableSink(out_tmp, kind), TableSink(rej_tmp, kind)
+        sink, reject_sink = TableSink(out_tmp, kind, output_path), TableSink(rej_tmp, kind, reject_file)
         bar = stack.enter_context(progress_bar(progress, count_rows(input_path)))
         writes = stack.enter_context(BackgroundWrites())  # exits first: writes end before the files are renamed
         empty_scored = empty_rejects = None

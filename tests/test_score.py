@@ -226,6 +226,34 @@ def test_unreadable_path_and_missing_output_folder(tmp_path, model_dir, contract
     assert "output folder does not exist" in text
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_failed_write_names_the_output_and_leaves_nothing(tmp_path, model_dir, contract, monkeypatch, suffix) -> None:
+    """A disk that fills up mid-run (the write happens on the background thread) is a clear error, not a traceback."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    class FullDiskWriter:
+        def __init__(self, path, *args, **kwargs) -> None:
+            Path(path).write_bytes(b"PAR1")  # a partial file, as a real writer leaves
+
+        def write_table(self, table) -> None:
+            raise OSError(28, "No space left on device")
+
+    if suffix == ".parquet":
+        monkeypatch.setattr(pq, "ParquetWriter", FullDiskWriter)
+    else:
+        monkeypatch.setattr(pacsv, "CSVWriter", FullDiskWriter)
+    source = write(canonical_rows(contract, 300), tmp_path / "in.csv")
+    out = tmp_path / "out" / f"scores{suffix}"
+    out.parent.mkdir()
+    code, text = invoke("score", str(source), "-o", str(out), "--model", str(model_dir), "--chunk-size", "100")
+    assert code == ExitCode.OUTPUT
+    assert "No space left on device" in text
+    assert f"scores{suffix}" in text
+    assert "Traceback" not in text
+    assert list(out.parent.iterdir()) == []
+
+
 def test_tampered_model_is_refused(tmp_path, model_dir, contract) -> None:
     import shutil
 
