@@ -256,9 +256,9 @@ def snapshot_model(model: Path) -> Path:
     """A private copy of the model for the whole run, so a concurrent `dvc repro` cannot swap it mid-way."""
     info = json.loads((model / "artifacts" / "model_info.json").read_text())
     copy = WORK / f"model_{info['estimator_sha256'][:12]}"
-    if not copy.is_dir():
-        shutil.copytree(model, copy.with_suffix(".tmp"), dirs_exist_ok=True)
-        copy.with_suffix(".tmp").rename(copy)
+    # copied afresh every run: the same estimator may come with newer model code or metadata
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(model, copy)
     return copy
 
 

@@ -187,6 +187,16 @@ def predict_proba(estimator: Any, features: pd.DataFrame) -> np.ndarray:
     return np.asarray(estimator.predict_proba(features)[:, 1], dtype="float64")
 
 
+def __getattr__(name: str) -> Any:
+    """``ResponseModel`` for models saved before the pyfunc class moved to ``pipeline.model_code``: their stored
+    ``model_code.py`` imports it from here. Resolved lazily, so importing this module does not import MLflow."""
+    if name == "ResponseModel":
+        from pipeline.model_code import ResponseModel  # noqa: PLC0415
+
+        return ResponseModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass(frozen=True)
 class Bundle:
     """A loaded model: what the evaluate, explain and score code paths use."""

@@ -157,6 +157,17 @@ def test_saved_model_has_a_float64_signature_and_returns_probabilities(trained, 
     assert not list(model_dir.rglob("*.pickle"))
 
 
+def test_models_saved_with_the_earlier_model_code_still_load(trained, tiny_data, tmp_path) -> None:
+    """Registry versions saved before the pyfunc class moved to model_code.py import it from pipeline.model."""
+    model_dir = _save(trained, tmp_path / "acute", tiny_data)
+    (model_dir / "model_code.py").write_text(
+        "import mlflow\n\nfrom pipeline.model import ResponseModel\n\nmlflow.models.set_model(ResponseModel())\n"
+    )
+    X, _ = tiny_data
+    out = mlflow.pyfunc.load_model(str(model_dir)).predict(X.head(20))
+    np.testing.assert_allclose(out[OUTPUT_COLUMN], load_bundle(model_dir).predict(X.head(20)))
+
+
 def test_saving_twice_gives_identical_bytes(trained, tiny_data, tmp_path) -> None:
     first = _save(trained, tmp_path / "one", tiny_data)
     second = _save(trained, tmp_path / "two", tiny_data)
