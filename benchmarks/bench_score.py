@@ -7,8 +7,8 @@ Three runners, each in its own child process (so imports, model loading and file
   codes, harmonisation, validation, duplicate ids, rejects file, atomic outputs;
 * ``mlflow models predict -m MODEL -i X.csv -t csv -o out.json --env-manager local``: the same patients as
   the all-float64 FEATURE matrix the pyfunc takes (built with ``pipeline.features.build_features``). MLflow's
-  CLI reads CSV or JSON only, so it runs on CSV, and by default only up to 1M rows (``--mlflow-sizes``): it
-  loads the whole file into memory and writes one JSON document;
+  CLI reads CSV or JSON only, so it runs on CSV, at every size unless ``--mlflow-sizes`` says otherwise: it
+  loads the whole file into memory and writes one JSON document (several GB at 5M rows);
 * ``bare floor``: the least work from the same input file to probabilities: pyarrow reads it chunk by chunk
   (CSV numbers parsed by Arrow), codes mapped through the contract's spellings, ``build_features``,
   ``predict_proba``, patient id + probability written with pyarrow. No validation, no rejects, no duplicate
@@ -392,8 +392,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=_ints, default=[100_000, 1_000_000, 5_000_000], help="comma-separated")
     parser.add_argument(
-        "--mlflow-sizes", type=_ints, default=[100_000, 1_000_000],
-        help="sizes MLflow runs at (it holds the whole file in memory); '' for none",
+        "--mlflow-sizes", type=_ints, default=[100_000, 1_000_000, 5_000_000],
+        help="sizes MLflow runs at (it holds the whole file in memory: several GB at 5M rows); '' for none",
     )  # fmt: skip
     parser.add_argument("--formats", default="csv,parquet", help="comma-separated: csv, parquet")
     parser.add_argument("--no-explain", action="store_true", help="skip the --explain runs")
