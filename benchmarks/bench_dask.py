@@ -9,7 +9,7 @@ and ~0.5 % impossible ages (so the rejects path runs). Inputs are cached under `
 Each measurement runs in its own child process:
 
 * ``single``: ``pipeline.score.score_file`` (what ``trd score FILE`` runs) on each partition in turn, in one
-  process; peak memory is that process's ``ru_maxrss``;
+  process; peak memory is that process's ``VmHWM``;
 * ``dask N``: a LocalCluster like the one ``--workers N`` starts (N single-threaded worker processes on
   127.0.0.1), then ``pipeline.score_dask.score_dataset`` on the folder.
 
@@ -17,11 +17,11 @@ Each measurement runs in its own child process:
 the cluster and importing the pipeline in every worker process (which a long-running cluster pays once, not per
 job). "job s" is the rest: for Dask, submitting, loading and hash-checking the model on every worker, scoring,
 the duplicate pass and the commit. Rows/s = input rows / job seconds; "with start" divides by both. Peak memory
-is each process's ``ru_maxrss``: the single process, each Dask worker, and the Dask client (which, with a
-LocalCluster, also runs the scheduler and the nannies). CPU s is the job's CPU time (user + system, all threads)
-summed over those processes: on a machine whose cores are shared with other work, it shows the engine's overhead
-more reliably than wall time. The growth table fits ``job seconds = fixed + rows /
-throughput`` by least squares over the sizes, separating the per-job overhead from the per-row cost.
+is each process's ``VmHWM`` (its peak RSS since its program started): the single process, each Dask worker,
+and the Dask client (which, with a LocalCluster, also runs the scheduler and the nannies). CPU s is the job's
+CPU time (user + system, all threads) summed over those processes: on a machine whose cores are shared with
+other work, it shows the engine's overhead more reliably than wall time. The growth table fits ``job seconds =
+fixed + rows / throughput`` by least squares over the sizes, separating the per-job overhead from the per-row cost.
 
     .venv/bin/python benchmarks/bench_dask.py                                # 1M, 3M, 10M rows (~40 min, 2 cores)
     .venv/bin/python benchmarks/bench_dask.py --sizes 200000 1000000 --partition-rows 100000   # a quick look
@@ -120,7 +120,12 @@ def _cpu_seconds() -> float:
 
 
 def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak RSS since it started its program: ``VmHWM``, not ``ru_maxrss``, which Linux carries
+    across exec from the spawning process (a worker would report at least its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best available
 
 
 def child_single(folder: Path, model: Path, chunk_size: int, scratch: Path) -> dict:
@@ -187,7 +192,7 @@ def child_dask(folder: Path, model: Path, chunk_size: int, scratch: Path, worker
         # client (+ scheduler and nannies, which LocalCluster runs here) and every worker
         client_cpu = _cpu_seconds() - cpu
         workers_cpu = sum(after[w] - worker_cpu.get(w, 0.0) for w in after)
-        worker_peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        worker_peaks = client.run(_peak_mb)
         restarted = summary.workers_used > workers  # a worker died and was replaced: numbers are suspect
         # the fixed cost of a job on a running cluster: 1,000 rows in one partition
         import pyarrow.parquet as pq  # noqa: PLC0415

@@ -14,8 +14,9 @@ Three runners, each in its own child process (so imports, model loading and file
   ``predict_proba``, patient id + probability written with pyarrow. No validation, no rejects, no duplicate
   check, no atomic rename: a lower bound, not a usable scorer.
 
-Wall time is measured around the child; peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (for MLflow,
-which predicts in-process with ``--env-manager local``, that is the whole prediction). Rows/s = input rows /
+Wall time is measured around the child; peak RSS is the child's own ``ru_maxrss`` from ``os.wait4``, taken by a
+small launcher process so that this process's memory is not counted (see ``LAUNCHER``; for MLflow, which
+predicts in-process with ``--env-manager local``, that is the whole prediction). Rows/s = input rows /
 wall seconds, startup included.
 
 Inputs are generated once per size under ``benchmarks/_work/`` (git-ignored) and reused: patients resampled
@@ -262,22 +263,41 @@ def snapshot_model(model: Path) -> Path:
     return copy
 
 
+# Linux carries a process's peak RSS across exec (the new program starts from the peak of the one it replaced),
+# so a child spawned straight from this process would report at least this process's own peak (large after
+# generating inputs). This launcher, a fresh small interpreter, forks and execs the command and reports the
+# command's own rusage: the figures are the command's alone (plus the launcher's ~10 MB start).
+LAUNCHER = """
+import json, os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"maxrss_kb": usage.ru_maxrss, "cpu_s": usage.ru_utime + usage.ru_stime}, out)
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
 def run_child(
     command: list[str], ok_codes: tuple[int, ...] = (0,), *, cwd: Path = REPO_ROOT, env: dict | None = None
 ) -> tuple[float, float, float, int, str]:
-    """Run a command; return (wall seconds, CPU seconds, peak RSS MB of the child, exit code, stderr tail)."""
-    err_file = WORK / "child.stderr"
+    """Run a command; return (wall seconds, CPU seconds, peak RSS MB of the command, exit code, stderr tail)."""
+    err_file, usage_file = WORK / "child.stderr", WORK / "child.usage.json"
+    usage_file.unlink(missing_ok=True)
     with err_file.open("wb") as err:
         started = time.perf_counter()
-        child = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
+        child = subprocess.run(
+            [sys.executable, "-c", LAUNCHER, str(usage_file), *command],
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=err, check=False,
+        )  # fmt: skip
         seconds = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
     tail = err_file.read_text(errors="replace").strip().splitlines()[-3:]
     if child.returncode not in ok_codes:
         raise RuntimeError(f"{command} exited {child.returncode}:\n" + "\n".join(tail))
-    cpu = usage.ru_utime + usage.ru_stime
-    return seconds, cpu, usage.ru_maxrss / 1024, child.returncode, tail[-1] if tail else ""
+    usage = json.loads(usage_file.read_text())
+    return seconds, usage["cpu_s"], usage["maxrss_kb"] / 1024, child.returncode, tail[-1] if tail else ""
 
 
 def bench_trd(
