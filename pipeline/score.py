@@ -167,15 +167,16 @@ def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
                 column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
             ),
         )
-        # Arrow reads up to 32 blocks ahead, so blocks stay small and are gathered into chunks of about
-        # chunk_size * 256 bytes here (about chunk_size rows of a typical export)
-        blocks_per_chunk = max(1, chunk_size * 256 // CSV_BLOCK_SIZE)
+        # Arrow reads up to 32 blocks ahead, so blocks stay small and are gathered here into chunks of
+        # chunk_size rows (give or take one block), whatever the width of the rows
         pending: list[pa.RecordBatch] = []
+        pending_rows = 0
         for batch in reader:
             pending.append(batch)
-            if len(pending) == blocks_per_chunk:
+            pending_rows += batch.num_rows
+            if pending_rows >= chunk_size:
                 yield pa.Table.from_batches(pending).to_pandas()
-                pending = []
+                pending, pending_rows = [], 0
         if pending:
             yield pa.Table.from_batches(pending).to_pandas()
     except pa.ArrowInvalid as exc:

@@ -20,7 +20,7 @@ from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
 from pipeline.features import FeatureSpec, build_features
 from pipeline.model import feature_signature, load_bundle, save_bundle
-from pipeline.score import SeenIds
+from pipeline.score import SeenIds, iter_chunks
 from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
 
@@ -304,6 +304,18 @@ def test_validate_reports_without_scoring(tmp_path, model_dir, contract) -> None
     assert "10 rows, 9 valid, 1 would be rejected" in text
     assert "unknown_code: 1" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+def test_csv_chunks_hold_chunk_size_rows_whatever_the_row_width(tmp_path, contract) -> None:
+    """Memory is bounded by --chunk-size in rows: Arrow's fixed-size blocks are gathered to that many rows."""
+    rows = canonical_rows(contract, 60_000, seed=3)
+    rows["patient_id"] = [f"P{i:07d}" for i in range(len(rows))]
+    source = write(rows, tmp_path / "in.csv")
+    sizes = [len(chunk) for chunk in iter_chunks(source, 20_000)]
+    assert sum(sizes) == len(rows)
+    assert len(sizes) >= 2
+    # each chunk but the last reaches chunk_size and overshoots by less than one Arrow block (rows >= 40 bytes)
+    assert all(20_000 <= n < 20_000 + 2**19 // 40 for n in sizes[:-1])
 
 
 def test_seen_ids_find_every_earlier_id() -> None:
