@@ -539,7 +539,7 @@ def _passes(frame: pd.DataFrame, schema: pandera.api.pandas.container.DataFrameS
     machinery (which costs more than harmonising a chunk); None when any check fails or the schema uses a
     feature not understood here, and then pandera validates and reports exactly as before.
 
-    The frame is coerced by pandera itself, then checked as pandera checks: exact columns in order, dtypes,
+    The frame is coerced as pandera coerces it, then checked as pandera checks: exact columns in order, dtypes,
     nullability, ``in_range`` and ``isin`` checks ignoring missing values, unique column combinations.
     """
     understood = (
@@ -550,9 +550,14 @@ def _passes(frame: pd.DataFrame, schema: pandera.api.pandas.container.DataFrameS
     )  # fmt: skip
     if not understood:
         return None
+    # pandera coerces a column by ``astype`` to its dtype; doing that only for the columns whose dtype differs
+    # (the string columns, to pandas' default string dtype) skips pandera's per-column machinery on each chunk
+    differing = {
+        name: column.dtype.type for name, column in schema.columns.items() if frame[name].dtype != column.dtype.type
+    }
     try:
-        coerced = schema.coerce_dtype(frame)
-    except Exception:
+        coerced = frame.astype(differing) if differing else frame
+    except (TypeError, ValueError):
         return None  # pandera reports it
     if not all(_column_passes(coerced[name], column) for name, column in schema.columns.items()):
         return None
