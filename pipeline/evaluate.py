@@ -35,8 +35,6 @@ import itertools
 import json
 import logging
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -920,13 +918,9 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def write_outputs(evaluation: Evaluation, folder: Path) -> None:
     """Write every output into ``folder``, replacing it as a whole (no partial folder on failure)."""
-    from pipeline.io import write_json  # noqa: PLC0415
+    from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-        staging = Path(tmp) / folder.name
-        staging.mkdir()
+    with atomic_folder(folder) as staging:
         write_json(json_ready(evaluation.metrics), staging / "metrics.json")
         write_json(json_ready(evaluation.report), staging / "evaluation.json")
         _write_csv(evaluation.thresholds, staging / "thresholds.csv")
@@ -935,9 +929,6 @@ def write_outputs(evaluation: Evaluation, folder: Path) -> None:
         for relative, frame in plot_files(evaluation).items():
             _write_csv(frame, staging / relative)
         write_figures(evaluation, staging / "figures")
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
 
 
 # --------------------------------------------------------------------------------------------------------------

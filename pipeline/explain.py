@@ -37,8 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -1030,25 +1028,12 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     frame.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
 
 
-def _replace_folder(folder: Path, fill: Any) -> None:
-    """Fill a staging copy of ``folder`` and swap it in whole, so a failure never leaves a partial folder."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-        staging = Path(tmp) / folder.name
-        staging.mkdir()
-        fill(staging)
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
-
-
 def write_reports(result: Explanation, folder: Path) -> None:
     """The identifier-free outputs: fidelity.json, explanation.json, tables and figures."""
     from pipeline.evaluate import json_ready  # noqa: PLC0415
-    from pipeline.io import write_json  # noqa: PLC0415
+    from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
-    def fill(staging: Path) -> None:
+    with atomic_folder(folder) as staging:
         write_json(json_ready(result.metrics), staging / "fidelity.json")
         write_json(json_ready(result.report), staging / "explanation.json")
         _write_csv(result.importance, staging / "importance.csv")
@@ -1056,14 +1041,13 @@ def write_reports(result: Explanation, folder: Path) -> None:
             _write_csv(result.fidelity.signs, staging / "sign_checks.csv")
         write_figures(result, staging / "figures")
 
-    _replace_folder(folder, fill)
-
 
 def write_per_patient(result: Explanation, folder: Path) -> None:
     """Every test patient's SHAP values, with patient_id: under data/ only."""
-    from pipeline.io import write_parquet  # noqa: PLC0415
+    from pipeline.io import atomic_folder, write_parquet  # noqa: PLC0415
 
-    _replace_folder(folder, lambda staging: write_parquet(result.per_patient, staging / PER_PATIENT_FILE))
+    with atomic_folder(folder) as staging:
+        write_parquet(result.per_patient, staging / PER_PATIENT_FILE)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,21 @@ def atomic_path(destination: Path) -> Iterator[Path]:
         os.replace(tmp, destination)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(destination: Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside ``destination``; only if the block succeeds does it replace
+    ``destination`` whole, so a failure never leaves a partial or half-old folder."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=destination.parent, prefix=f".{destination.name}.") as tmp:
+        staging = Path(tmp) / destination.name
+        staging.mkdir()
+        yield staging
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
 
 
 def write_parquet(frame: pd.DataFrame, destination: Path) -> None:

@@ -324,25 +324,16 @@ def cv_report(trained: TrainedTask, params: TrainParams) -> dict[str, Any]:
 
 def save_candidates(trained: TrainedTask, folder: Any) -> None:
     """Every candidate's final fit (skops, hash-checked on load) so evaluate can compare them on the test split."""
-    import shutil  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
+    from pipeline.io import atomic_folder  # noqa: PLC0415
     from pipeline.model import dump_estimator  # noqa: PLC0415
 
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+    with atomic_folder(folder) as staging:
         index = {}
         for name, estimator in trained.candidate_estimators.items():
-            digest = dump_estimator(estimator, Path(tmp) / f"{name}.skops")
+            digest = dump_estimator(estimator, staging / f"{name}.skops")
             result = next(r for r in trained.results if r.name == name)
             index[name] = {"file": f"{name}.skops", "sha256": digest, "calibration": result.calibration}
-        (Path(tmp) / "candidates.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        Path(tmp).rename(folder)
-        Path(tmp).mkdir()  # TemporaryDirectory cleans up the (now empty) name it created
+        (staging / "candidates.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def main(task_name: str) -> None:

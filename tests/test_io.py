@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_path, read_parquet, write_json, write_parquet
+from pipeline.io import atomic_folder, atomic_path, read_parquet, write_json, write_parquet
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
@@ -20,6 +20,26 @@ def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         interrupted_write()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_is_replaced_whole_or_not_at_all(tmp_path: Path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "old.json").write_text("{}")
+
+    def interrupted_fill() -> None:
+        with atomic_folder(folder) as staging:
+            (staging / "new.json").write_text("{}")
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        interrupted_fill()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+    assert sorted(p.name for p in folder.iterdir()) == ["old.json"]
+    with atomic_folder(folder) as staging:
+        (staging / "new.json").write_text("{}")
+    assert sorted(p.name for p in folder.iterdir()) == ["new.json"]  # the old content is gone, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_parquet_is_byte_for_byte_reproducible(tmp_path: Path) -> None:
