@@ -22,29 +22,8 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(task_name: str) -> tuple[Any, Any, Any, int]:
-    from pipeline.contract import load_contract  # noqa: PLC0415
-    from pipeline.features import FeatureSpec, build_features, build_target  # noqa: PLC0415
-    from pipeline.io import read_parquet  # noqa: PLC0415
-    from pipeline.params import BaseParams, parse_section, read_params_file  # noqa: PLC0415
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
-    from pipeline.tasks import TasksParams, task_predictors  # noqa: PLC0415
-    from pipeline.train import TrainParams  # noqa: PLC0415
-
-    paths = ProjectPaths.discover()
-    raw = read_params_file(paths.params_file)
-    seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
-    task = parse_section(TasksParams, raw, "tasks", paths.params_file).get(task_name)
-    params = parse_section(TrainParams, raw, "train", paths.params_file)
-    contract = load_contract(paths.cohort_schema)
-    spec = FeatureSpec.from_columns(task_name, task.target, task_predictors(task, contract))
-    cohort = contract.coerce(read_parquet(paths.processed_dir / task_name / "train.parquet", "training split"))
-    return build_features(cohort, spec), build_target(cohort, spec), params, seed
 
 
 def main() -> None:
@@ -59,9 +38,11 @@ def main() -> None:
     import numpy as np  # noqa: PLC0415
     from joblib import Parallel, delayed  # noqa: PLC0415
 
-    from pipeline.train import evaluate_candidate  # noqa: PLC0415
+    from pipeline.paths import ProjectPaths  # noqa: PLC0415
+    from pipeline.train import evaluate_candidate, load_training_inputs  # noqa: PLC0415
 
-    X, y, params, seed = load(args.task)
+    inputs = load_training_inputs(args.task, ProjectPaths.discover())
+    X, y, params, seed = inputs.X, inputs.y, inputs.params, inputs.seed
     multipliers = [int(m) for m in args.multipliers.split(",") if m.strip()]
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(params.candidates)
     # start the worker processes once, so that the first candidate does not pay for them

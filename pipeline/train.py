@@ -19,6 +19,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -336,54 +337,75 @@ def save_candidates(trained: TrainedTask, folder: Any) -> None:
         (staging / "candidates.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-def main(task_name: str) -> None:
-    from pipeline import __version__  # noqa: PLC0415
+@dataclass(frozen=True)
+class TrainingInputs:
+    """What the train stage reads: params, the task's feature spec and its training split as features/target."""
+
+    task: Any
+    params: TrainParams
+    seed: int
+    spec: Any
+    train_path: Path
+    X: pd.DataFrame
+    y: np.ndarray
+
+
+def load_training_inputs(task_name: str, paths: Any) -> TrainingInputs:
+    """Read params.yaml and the task's training split (also used by benchmarks/bench_train.py)."""
     from pipeline.contract import load_contract  # noqa: PLC0415
     from pipeline.features import FeatureSpec, build_features, build_target  # noqa: PLC0415
-    from pipeline.io import read_parquet, write_json  # noqa: PLC0415
-    from pipeline.model import feature_signature, save_bundle, sha256_file  # noqa: PLC0415
+    from pipeline.io import read_parquet  # noqa: PLC0415
     from pipeline.params import BaseParams, parse_section, read_params_file  # noqa: PLC0415
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
     from pipeline.tasks import TasksParams, task_predictors  # noqa: PLC0415
 
-    paths = ProjectPaths.discover()
     raw = read_params_file(paths.params_file)
     seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
     task = parse_section(TasksParams, raw, "tasks", paths.params_file).get(task_name)
     params = parse_section(TrainParams, raw, "train", paths.params_file)
     contract = load_contract(paths.cohort_schema)
     spec = FeatureSpec.from_columns(task_name, task.target, task_predictors(task, contract))
-
     train_path = paths.processed_dir / task_name / "train.parquet"
     cohort = contract.coerce(read_parquet(train_path, "training split"))
-    X, y = build_features(cohort, spec), build_target(cohort, spec)
+    return TrainingInputs(
+        task, params, seed, spec, train_path, build_features(cohort, spec), build_target(cohort, spec)
+    )
+
+
+def main(task_name: str) -> None:
+    from pipeline import __version__  # noqa: PLC0415
+    from pipeline.io import write_json  # noqa: PLC0415
+    from pipeline.model import feature_signature, save_bundle, sha256_file  # noqa: PLC0415
+    from pipeline.paths import ProjectPaths  # noqa: PLC0415
+
+    paths = ProjectPaths.discover()
+    inputs = load_training_inputs(task_name, paths)
+    params, X, y = inputs.params, inputs.X, inputs.y
     log.info("%s: %d training patients, %d responders, %d features", task_name, len(y), y.sum(), X.shape[1])
-    trained = train_task(task_name, task.target, X, y, params=params, seed=seed)
+    trained = train_task(task_name, inputs.task.target, X, y, params=params, seed=inputs.seed)
 
     info_fields = {
         "task": task_name,
-        "target": task.target,
+        "target": inputs.task.target,
         "candidate": trained.champion.name,
         "calibration": trained.champion.calibration,
         "risk_bands": [b.model_dump() for b in params.risk_bands],
-        "training_data_sha256": sha256_file(train_path),
+        "training_data_sha256": sha256_file(inputs.train_path),
         "n_train": trained.n_train,
         "registered_model_name": f"trd-{task_name}",
         "package_version": __version__,
     }
-    signature = feature_signature(spec.feature_names)
     model_dir = paths.models_dir / task_name
     save_bundle(
         model_dir,
         estimator=trained.estimator,
-        feature_spec=spec,
+        feature_spec=inputs.spec,
         info_fields=info_fields,
-        signature=signature,
+        signature=feature_signature(inputs.spec.feature_names),
         input_example=trained.example,
     )
     write_json(cv_report(trained, params), paths.reports_dir / task_name / "cv_metrics.json")
     save_candidates(trained, paths.models_dir / "candidates" / task_name)
-    log_to_mlflow(trained, params, paths.root, model_dir, features=X, train_path=train_path, seed=seed)
+    log_to_mlflow(trained, params, paths.root, model_dir, features=X, train_path=inputs.train_path, seed=inputs.seed)
 
 
 def log_to_mlflow(
