@@ -124,6 +124,15 @@ def required_columns(spec: TabularSourceSpec, needed: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _check_output_parent(output: Path) -> None:
+    """The folder the output goes into must exist: creating it could hide a mistyped path."""
+    if not output.parent.is_dir():
+        raise PipelineError(
+            "the output folder does not exist", file=output.parent, exit_code=ExitCode.USAGE,
+            hint="create it first, or write the output elsewhere",
+        )  # fmt: skip
+
+
 def _check_input_path(path: Path) -> None:
     if not path.exists():
         raise PipelineError("input file not found", file=path, hint="check the path")
@@ -481,11 +490,7 @@ def score_file(
             f"unsupported output type '{output_path.suffix}'", file=output_path, exit_code=ExitCode.USAGE,
             hint="name the output .csv or .parquet",
         )  # fmt: skip
-    if not output_path.parent.is_dir():
-        raise PipelineError(
-            "the output folder does not exist", file=output_path.parent, exit_code=ExitCode.USAGE,
-            hint="create it first, or write the output elsewhere",
-        )  # fmt: skip
+    _check_output_parent(output_path)
     reject_file = rejects_path(output_path)
     rows = scored = rejected = 0
     with ExitStack() as stack:

@@ -115,6 +115,7 @@ from pipeline.score import (
     SeenIds,
     TableSink,
     _check_input_path,
+    _check_output_parent,
     _terminate_as_interrupt,
     iter_chunks,
     progress_bar,
@@ -611,11 +612,7 @@ def _check_output(output: Path, source: str | Path, partitions: Sequence[Partiti
             "with --engine dask the output is a folder of Parquet partitions", file=output, exit_code=ExitCode.USAGE,
             hint="name a folder, e.g. -o scores/",
         )  # fmt: skip
-    if not output.parent.is_dir():
-        raise PipelineError(
-            "the output folder does not exist", file=output.parent, exit_code=ExitCode.USAGE,
-            hint="create it first, or write the output elsewhere",
-        )  # fmt: skip
+    _check_output_parent(output)
     if output.exists() and not (output.is_dir() and (output / MANIFEST_FILE).is_file()):
         raise PipelineError(
             "the output exists and is not the output of an earlier `trd score --engine dask`", file=output,
