@@ -63,3 +63,23 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _mlflow_templa
     mlflow.set_registry_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def register_training_run(root: Path, estimator_sha256: str, seed: int) -> str:
+    """A training run with a registered version tagged with the estimator hash, as the train stage leaves them
+    (what the evaluate and explain stages look up); returns the run id."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    tracking.configure(root, "trd-acute")
+    with mlflow.start_run(run_name="train-acute") as run:
+        mlflow.log_param("seed", seed)
+    client = MlflowClient()
+    client.create_registered_model("trd-acute")
+    client.create_model_version(
+        "trd-acute", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
+        tags={"estimator_sha256": estimator_sha256},
+    )  # fmt: skip
+    return run.info.run_id

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline import evaluate, metrics, tracking
+from pipeline import evaluate, metrics
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.evaluate import (
     CHAMPION,
@@ -37,7 +37,7 @@ from pipeline.model import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams, task_predictors
 from pipeline.train import TrainParams, save_candidates, train_task
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, register_training_run
 
 SEED = 11
 N_BOOT = 200
@@ -504,19 +504,6 @@ def test_dvc_yaml_declares_the_stage_its_metrics_and_plots_for_every_task(writte
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _register_training_run(root: Path, sha256: str) -> str:
-    tracking.configure(root, "trd-acute")
-    with mlflow.start_run(run_name="train-acute") as run:
-        mlflow.log_param("seed", SEED)
-    client = MlflowClient()
-    client.create_registered_model("trd-acute")
-    client.create_model_version(
-        "trd-acute", source=f"runs:/{run.info.run_id}/model", run_id=run.info.run_id,
-        tags={"estimator_sha256": sha256},
-    )  # fmt: skip
-    return run.info.run_id
-
-
 def test_main_writes_the_outputs_and_logs_to_the_training_run(
     project_root, mlflow_store, data, honest, cohort, contract
 ) -> None:
@@ -531,7 +518,7 @@ def test_main_writes_the_outputs_and_logs_to_the_training_run(
     write_parquet(contract.coerce(cohort), project_root / "data/interim/cohort.parquet")
     shutil.copytree(honest["folder"] / "model", project_root / "models/acute")
     shutil.copytree(honest["folder"] / "candidates", project_root / "models/candidates/acute")
-    run_id = _register_training_run(project_root, honest["champion"].info.estimator_sha256)
+    run_id = register_training_run(project_root, honest["champion"].info.estimator_sha256, SEED)
 
     evaluate.main("acute")
 

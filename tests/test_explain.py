@@ -21,7 +21,7 @@ from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from threadpoolctl import threadpool_limits
 
-from pipeline import explain, tracking
+from pipeline import explain
 from pipeline.contributions import model_margin
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.explain import (
@@ -46,7 +46,7 @@ from pipeline.model import OUTPUT_COLUMN, Bundle, ModelInfo, RiskBand, load_bund
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams
 from pipeline.train import make_estimator
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, register_training_run
 
 matplotlib.use("Agg")
 
@@ -608,15 +608,8 @@ def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
         input_example=example,
     )  # fmt: skip
     sha256 = load_bundle(project_root / "models/acute").info.estimator_sha256
-    tracking.configure(project_root, "trd-acute")
-    with mlflow.start_run(run_name="train-acute") as training:
-        mlflow.log_param("seed", SEED)
+    run_id = register_training_run(project_root, sha256, SEED)
     client = MlflowClient()
-    client.create_registered_model("trd-acute")
-    client.create_model_version(
-        "trd-acute", source=f"runs:/{training.info.run_id}/model", run_id=training.info.run_id,
-        tags={"estimator_sha256": sha256},
-    )  # fmt: skip
 
     explain.main("acute")
 
@@ -626,13 +619,13 @@ def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
     per_patient = pd.read_parquet(project_root / "data/explanations/acute/shap.parquet")
     assert len(per_patient) == len(test)
     assert "patient_id" in per_patient.columns
-    run_data = client.get_run(training.info.run_id).data
+    run_data = client.get_run(run_id).data
     assert run_data.metrics["explain.fidelity.rank_spearman"] == pytest.approx(payload["fidelity"]["rank_spearman"])
-    logged = {a.path for a in client.list_artifacts(training.info.run_id, "explain")}
+    logged = {a.path for a in client.list_artifacts(run_id, "explain")}
     assert {"explain/fidelity.json", "explain/importance.csv", "explain/figures"} <= logged
-    figures_logged = {a.path for a in client.list_artifacts(training.info.run_id, "explain/figures")}
+    figures_logged = {a.path for a in client.list_artifacts(run_id, "explain/figures")}
     assert "explain/figures/beeswarm.png" in figures_logged
-    every = [a.path for a in client.list_artifacts(training.info.run_id)]
+    every = [a.path for a in client.list_artifacts(run_id)]
     assert not [p for p in every if "shap.parquet" in p or "explanations" in p]  # per-patient values never logged
 
 
