@@ -154,9 +154,15 @@ def _input_contract_help() -> str:
         contract = load_contract(Path(__file__).resolve().parents[1] / "configs" / "cohort_schema.yaml")
     except PipelineError:
         return "Input contract: see configs/cohort_schema.yaml."
+    from pipeline.missing import MISSING_MARKERS  # noqa: PLC0415
+
+    markers = ", ".join(repr(m) for m in MISSING_MARKERS if m)
     lines = [
         "Input contract (--format canonical): one row per patient, a patient_id column, and the model's",
-        "predictor columns below (empty cells are missing values; yes/no flags accept 1/0, yes/no, true/false):",
+        "predictor columns below. Missing values: empty or blank cells and, in any case and with surrounding"
+        f" spaces, {markers} (a source's configs/sources/NAME.yaml may add its own under missing_values);"
+        " numbers are plain decimals (inf, 1e309 and text are wrong_type); yes/no flags accept 1/0, 1.0/0.0,"
+        " yes/no, y/n, true/false:",
     ]
     for column in contract.with_role("baseline_predictor", "early_predictor"):
         detail = column.unit or ""
@@ -197,7 +203,7 @@ def score(
     ] = None,
     explain: Annotated[bool, typer.Option("--explain/--no-explain", help="Add the top drivers of each score.")] = False,
     top_k: Annotated[int, typer.Option(min=1, max=20, help="How many drivers with --explain.")] = 3,
-    chunk_size: Annotated[int, typer.Option(min=100, help="Rows read and scored at a time (bounds memory).")] = 50_000,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Rows read and scored at a time (bounds memory).")] = 50_000,
     input_format: Annotated[
         str, typer.Option("--format", help="Input layout: 'canonical' or a tabular source in configs/sources/.")
     ] = "canonical",
@@ -217,11 +223,23 @@ def score(
     """Score a clinic export: probability of response, risk band and model identity for every valid row.
 
     Invalid rows go to OUTPUT's rejects file (e.g. scores.rejects.csv) with row number, patient id, reason
-    code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored.
+    code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored, both
+    or neither; temporary files (.NAME.trd-PID-RANDOM.tmp beside OUTPUT) left by a killed run are removed by
+    the next. A second run into the same OUTPUT stops at once (lock .NAME.lock beside it; exit 7).
+    In CSV outputs a text cell starting with =, +, -, @, tab or CR that is not a number gets a leading ' (so a
+    spreadsheet does not run it as a formula); Parquet keeps values as they are.
+    A row with too little data for a score is rejected as insufficient_data: the model stores its task's rule
+    (required predictors, largest share of predictors missing; params.yaml tasks.TASK.scoring).
+    Every scored row has n_missing_predictors (how many of the model's predictors were missing, hence imputed)
+    and outside_training_range (the numeric predictors whose value lies outside the training data's range,
+    comma-separated; empty when none; missing when the model stores no ranges).
+    The model folder is checked against its manifest (SHA-256 of every file the scorer reads); the
+    manifest's own SHA-256 is printed at start and recorded with the MLflow training run.
     With --engine dask, OUTPUT is a folder: scored/ and rejects/ Parquet partitions (one per input partition),
     failed_partitions.csv (unreadable partitions, exit 5) and _manifest.json.
-    Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage; 3 unreadable or invalid input; 4 model problem;
-    7 output not writable.
+    Exit codes: 0 all rows scored; 5 some rows rejected; 2 usage (e.g. OUTPUT is the input); 3 unreadable or
+    invalid input; 4 model problem; 7 output not writable (a folder, device, read-only folder, full disk, or in
+    use by another run).
     """
     _configure_logging(verbose)
     from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415
@@ -238,6 +256,7 @@ def score(
             model=model, task=task, input_format_name=input_format, source_file=input_path.name,
             explain=explain, top_k=top_k,
         )  # fmt: skip
+        typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
         if engine is Engine.DASK:
             from pipeline.score_dask import score_dataset  # noqa: PLC0415
 

@@ -9,17 +9,20 @@ exactly the training features without reading params.yaml.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.contract import ColumnSpec
 from pipeline.errors import ConfigError, PipelineError
 
 LEVEL_SEPARATOR = "="  # one-hot feature names read as "route=oral"
+RANGE_SEPARATOR = ","  # outside_training_range reads "bmi,crp_mg_l"
 
 
 class FeatureColumn(BaseModel):
@@ -109,3 +112,93 @@ def build_target(cohort: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     if target.isna().any():
         raise PipelineError(f"target '{spec.target}' has missing values; filter to known outcomes first")
     return target.astype(bool).to_numpy(dtype="int64")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# applicability: the least data a score needs, and the training ranges
+# --------------------------------------------------------------------------------------------------------------
+
+
+class ScoringRule(BaseModel):
+    """The least data a row needs for a score (``tasks.<task>.scoring`` in params.yaml, stored in the model).
+
+    A row is rejected (``insufficient_data``) when a required predictor is missing, or when more than
+    ``floor(max_missing_fraction * n)`` of the model's n predictors are missing.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    required_predictors: tuple[str, ...] = Field(default=(), description="Predictors without which no score.")
+    max_missing_fraction: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="Largest share of the model's predictors that may be missing."
+    )
+
+    def max_missing(self, n_predictors: int) -> int:
+        return math.floor(self.max_missing_fraction * n_predictors + 1e-9)  # 0.29 * 100 is 28.999...
+
+
+# Models saved before the rule was stored get this one: at most half of the predictors missing.
+FALLBACK_SCORING_RULE = ScoringRule()
+
+
+@dataclass(frozen=True)
+class Insufficient:
+    """Rows below a :class:`ScoringRule`: a mask over the rows, and for the rejected ones (in order) a message
+    naming the missing predictors (never a value) and the first missing required predictor (or None)."""
+
+    mask: np.ndarray
+    messages: np.ndarray
+    columns: np.ndarray
+
+
+def insufficient_data(cohort: pd.DataFrame, columns: list[str], rule: ScoringRule) -> Insufficient:
+    """Which canonical rows have too little data for a score under ``rule`` (``columns``: the model's predictors)."""
+    missing = cohort[columns].isna().to_numpy()
+    n_missing = missing.sum(axis=1)
+    limit = rule.max_missing(len(columns))
+    required = [columns.index(c) for c in rule.required_predictors if c in columns]
+    mask = (n_missing > limit) | missing[:, required].any(axis=1)
+    # one message per pattern of missing predictors (few distinct patterns, however many rows)
+    patterns, inverse = np.unique(missing[mask], axis=0, return_inverse=True)
+    names = np.array(columns, dtype=object)
+    messages, firsts = [], []
+    for pattern in patterns:
+        absent_required = [columns[i] for i in required if pattern[i]]
+        parts = []
+        if absent_required:
+            parts.append(f"required predictor(s) missing: {', '.join(absent_required)}")
+        parts.append(
+            f"{int(pattern.sum())} of {len(columns)} predictors missing (max {limit}): {', '.join(names[pattern])}"
+        )
+        messages.append("not enough data for a score: " + "; ".join(parts) + "; fill them in and score the row again")
+        firsts.append(absent_required[0] if absent_required else None)
+    inverse = np.asarray(inverse).reshape(-1)
+    return Insufficient(
+        mask=mask,
+        messages=np.array(messages, dtype=object)[inverse] if len(inverse) else np.empty(0, dtype=object),
+        columns=np.array(firsts, dtype=object)[inverse] if len(inverse) else np.empty(0, dtype=object),
+    )
+
+
+def training_ranges(features: pd.DataFrame, spec: FeatureSpec) -> dict[str, tuple[float, float]]:
+    """[min, max] of each numeric predictor in the training features (columns never observed are left out)."""
+    ranges = {}
+    for col in spec.columns:
+        values = features[col.name].to_numpy(dtype="float64") if col.kind == "numeric" else np.empty(0)
+        if col.kind == "numeric" and not np.isnan(values).all():
+            ranges[col.name] = (float(np.nanmin(values)), float(np.nanmax(values)))
+    return ranges
+
+
+def outside_training_range(features: pd.DataFrame, ranges: dict[str, tuple[float, float]] | None) -> pd.Series:
+    """Per row, the comma-separated numeric predictors whose value lies outside the training [min, max] ("" when
+    none; missing for every row when the model stores no ranges)."""
+    if ranges is None:
+        return pd.Series(pd.NA, index=features.index, dtype="string")
+    text = np.full(len(features), "", dtype=object)
+    for name, (low, high) in ranges.items():
+        values = features[name].to_numpy(dtype="float64")
+        hit = (values < low) | (values > high)  # NaN compares False: a missing value is not out of range
+        if hit.any():  # usually rare: only the flagged rows are touched
+            text[hit] = [f"{t}{RANGE_SEPARATOR}{name}" if t else name for t in text[hit]]
+    return pd.Series(text, index=features.index, dtype="string")

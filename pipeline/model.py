@@ -6,11 +6,22 @@ Layout (``models/<task>/`` and every registered version)::
     model_code.py                                                    the pyfunc, stored as code
     artifacts/estimator.skops                                        the fitted scikit-learn/XGBoost estimator
     artifacts/feature_spec.json                                      how canonical columns become features
-    artifacts/model_info.json                                        task, candidate, calibration, hashes, bands
+    artifacts/model_info.json                                        task, candidate, calibration, hashes, bands,
+                                                                     scoring rule, training ranges
+    artifacts/manifest.json                                          SHA-256 of every other file in artifacts/
 
 The estimator is stored with skops and loaded with an explicit list of trusted types; anything else in the
 file is refused. Its SHA-256 is recorded in model_info.json and checked before every load. The pyfunc takes
 the all-float64 feature matrix and returns one column, ``p_response``.
+
+Integrity: :func:`load_bundle` checks every file the scorer reads against the manifest (an edited, missing or
+extra file in ``artifacts/`` is refused, naming it); the manifest's own SHA-256 identifies the whole model (the
+scorer prints it, the training run records it in MLflow). MLflow copies ``artifacts/`` into every registry
+version, so ``models:/`` URIs are checked the same way. Models saved before manifests (``bundle_format`` 1)
+still load: refusing them would stop every registered version until it is retrained, and their estimator,
+the file that computes the scores, is still hash-checked; the scorer warns that the rest is not. A model that
+records ``bundle_format`` 2 but has no manifest is refused, so deleting the manifest does not switch the
+check off.
 """
 
 from __future__ import annotations
@@ -23,29 +34,42 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import skops.io as sio
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipeline.errors import ModelError
-from pipeline.features import FeatureSpec
+from pipeline.features import FALLBACK_SCORING_RULE, FeatureSpec, ScoringRule
 
 # Types skops must be told to trust for our candidates, beyond its own safe defaults. Nothing else loads.
 TRUSTED_TYPES: tuple[str, ...] = (
     "numpy.dtype",
     "xgboost.core.Booster",
     "xgboost.sklearn.XGBClassifier",
-    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._CalibratedClassifier",  # models saved before pipeline.calibration
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    # this package's own estimators: plain attributes (numbers, arrays, lists, fitted scikit-learn/XGBoost parts)
+    "pipeline.calibration.CalibratedModel",
+    "pipeline.design.SplineDesign",
 )
 ESTIMATOR_FILE = "estimator.skops"
 FEATURE_SPEC_FILE = "feature_spec.json"
 MODEL_INFO_FILE = "model_info.json"
+MANIFEST_FILE = "manifest.json"
+# the artifacts every bundle stores, by their name in MLflow's artifacts mapping (saved and logged alike)
+ARTIFACT_FILES = {
+    "estimator": ESTIMATOR_FILE,
+    "feature_spec": FEATURE_SPEC_FILE,
+    "model_info": MODEL_INFO_FILE,
+    "manifest": MANIFEST_FILE,
+}
+# 1: before manifests, scoring rules and training ranges; 2: with them
+BUNDLE_FORMAT = 2
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 OUTPUT_COLUMN = "p_response"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".cloudpickle", ".sav")
@@ -73,6 +97,33 @@ class ModelInfo(BaseModel):
     n_train: int
     registered_model_name: str
     package_version: str
+    # new fields need defaults: model_info.json files saved before them must still validate
+    bundle_format: int = 1
+    scoring_rule: ScoringRule | None = None  # None: saved before rules; the scorer uses FALLBACK_SCORING_RULE
+    training_ranges: dict[str, tuple[float, float]] | None = None  # numeric predictor -> training [min, max]
+
+    @model_validator(mode="after")
+    def _ranges(self) -> ModelInfo:
+        for name, (low, high) in (self.training_ranges or {}).items():
+            if not low <= high:
+                raise ValueError(f"training_ranges.{name}: min {low} above max {high}")
+        return self
+
+
+class Manifest(BaseModel):
+    """artifacts/manifest.json: the SHA-256 of every other file in the model's artifacts folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    algorithm: Literal["sha256"] = "sha256"
+    files: dict[str, str]
+
+    @model_validator(mode="after")
+    def _plain_names(self) -> Manifest:
+        for name in self.files:
+            if Path(name).name != name or name in (".", "..", MANIFEST_FILE):
+                raise ValueError(f"'{name}' is not a file name inside artifacts/")
+        return self
 
 
 def pip_requirements() -> list[str]:
@@ -205,23 +256,84 @@ class Bundle:
     estimator: Any
     feature_spec: FeatureSpec
     info: ModelInfo
+    manifest_sha256: str | None = None  # None: a model saved before manifests
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         return predict_proba(self.estimator, features[self.feature_spec.feature_names])
 
+    @property
+    def scoring_rule(self) -> ScoringRule:
+        return self.info.scoring_rule or FALLBACK_SCORING_RULE
+
+    def legacy_notes(self) -> list[str]:
+        """What this model lacks because an earlier version of the pipeline saved it (for one warning each)."""
+        notes = []
+        if self.manifest_sha256 is None:
+            notes.append(
+                "was saved before model manifests: only its estimator is hash-checked, not model_info.json or "
+                "feature_spec.json; retrain it to get a manifest"
+            )
+        if self.info.scoring_rule is None:
+            limit = FALLBACK_SCORING_RULE.max_missing(len(self.feature_spec.input_columns))
+            notes.append(
+                f"stores no minimum-data rule: rows with more than {limit} of its "
+                f"{len(self.feature_spec.input_columns)} predictors missing are rejected (insufficient_data); "
+                "retrain it to apply the task's rule"
+            )
+        if self.info.training_ranges is None:
+            notes.append("stores no training ranges: outside_training_range is left missing (unknown, not 'none')")
+        return notes
+
+
+def write_manifest(folder: Path) -> str:
+    """Write ``folder``/manifest.json over every other file in ``folder``; return the manifest's SHA-256."""
+    files = {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST_FILE}
+    text = Manifest(files=files).model_dump_json(indent=2) + "\n"
+    (folder / MANIFEST_FILE).write_text(text, encoding="utf-8")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def verify_manifest(artifacts: Path) -> str:
+    """Check every file of ``artifacts`` against its manifest (same names, same SHA-256); return the manifest's
+    SHA-256. Raises ModelError naming the first edited, missing or extra file."""
+    path = artifacts / MANIFEST_FILE
+    try:
+        raw = path.read_bytes()
+        manifest = Manifest.model_validate_json(raw)
+    except OSError as exc:
+        raise ModelError(f"the model manifest cannot be read ({exc.strerror})", file=path) from None
+    except ValueError:
+        raise ModelError(
+            "the model manifest is not valid", file=path, hint="restore the model folder (dvc checkout) or retrain"
+        ) from None
+    present = {p.relative_to(artifacts).as_posix() for p in artifacts.rglob("*") if p.is_file()} - {MANIFEST_FILE}
+    restore = "restore the model folder (dvc checkout, or download the registry version again) or retrain"
+    for name in sorted(set(manifest.files) - present):
+        raise ModelError("a file listed in the model manifest is missing", file=artifacts / name, hint=restore)
+    for name in sorted(present - set(manifest.files)):
+        raise ModelError(
+            "a file that is not in the model manifest was added to the model", file=artifacts / name,
+            hint=f"remove it; if the model folder was changed otherwise, {restore}",
+        )  # fmt: skip
+    for name, expected in sorted(manifest.files.items()):
+        actual = sha256_file(artifacts / name)
+        if actual != expected:
+            raise ModelError(
+                f"SHA-256 {actual[:12]}… does not match the recorded {expected[:12]}… (model manifest)",
+                file=artifacts / name, hint=f"the file was changed after training; {restore}",
+            )  # fmt: skip
+    return hashlib.sha256(raw).hexdigest()
+
 
 def write_artifacts(folder: Path, estimator: Any, feature_spec: FeatureSpec, info_fields: dict[str, Any]) -> dict:
-    """Write the three artifacts into ``folder``; return the artifacts mapping for mlflow.pyfunc."""
+    """Write the artifacts into ``folder``, the manifest last; return the artifacts mapping for mlflow.pyfunc."""
     folder.mkdir(parents=True, exist_ok=True)
     digest = dump_estimator(estimator, folder / ESTIMATOR_FILE)
     feature_spec.save(folder / FEATURE_SPEC_FILE)
-    info = ModelInfo(estimator_sha256=digest, **info_fields)
+    info = ModelInfo.model_validate({"bundle_format": BUNDLE_FORMAT, **info_fields, "estimator_sha256": digest})
     (folder / MODEL_INFO_FILE).write_text(info.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    return {
-        "estimator": str(folder / ESTIMATOR_FILE),
-        "feature_spec": str(folder / FEATURE_SPEC_FILE),
-        "model_info": str(folder / MODEL_INFO_FILE),
-    }
+    write_manifest(folder)
+    return {key: str(folder / name) for key, name in ARTIFACT_FILES.items()}
 
 
 def normalise_mlmodel(model_dir: Path) -> None:
@@ -281,17 +393,14 @@ def log_saved_model(model_dir: Path, registered_name: str) -> str:
     import mlflow.pyfunc  # noqa: PLC0415
 
     artifacts_dir = Path(model_dir) / "artifacts"
+    verify_manifest(artifacts_dir)  # what is registered is what was saved, manifest included
     saved = mlflow.models.Model.load(str(model_dir))
     # JSON turns 46.0 into 46; the signature is all-double
     example = pd.read_json(Path(model_dir) / "input_example.json", orient="split").astype("float64")
     info = mlflow.pyfunc.log_model(
         name="model",
         python_model=str(MODEL_CODE),
-        artifacts={
-            "estimator": str(artifacts_dir / ESTIMATOR_FILE),
-            "feature_spec": str(artifacts_dir / FEATURE_SPEC_FILE),
-            "model_info": str(artifacts_dir / MODEL_INFO_FILE),
-        },
+        artifacts={key: str(artifacts_dir / name) for key, name in ARTIFACT_FILES.items()},
         signature=saved.signature,
         input_example=example,
         registered_model_name=registered_name,
@@ -320,6 +429,8 @@ def load_bundle(location: str | Path) -> Bundle:
             hint="pickle can run arbitrary code when loaded; use a model trained by this pipeline (skops)",
         )
     artifacts = local / "artifacts"
+    # every file read below is checked first; a model without a manifest is checked after its info is read
+    manifest_sha256 = verify_manifest(artifacts) if (artifacts / MANIFEST_FILE).is_file() else None
     info_path = artifacts / MODEL_INFO_FILE
     if not info_path.is_file():
         raise ModelError(
@@ -332,8 +443,25 @@ def load_bundle(location: str | Path) -> Bundle:
         feature_spec = FeatureSpec.load(artifacts / FEATURE_SPEC_FILE)
     except (ValueError, OSError) as exc:
         raise ModelError(f"model metadata unreadable ({exc})", file=info_path) from None
+    numeric = {c.name for c in feature_spec.columns if c.kind == "numeric"}
+    unknown = sorted(
+        set(info.scoring_rule.required_predictors if info.scoring_rule else ()) - set(feature_spec.input_columns)
+        | set(info.training_ranges or ()) - numeric
+    )
+    if unknown:  # the scorer would silently skip a required predictor it cannot find
+        raise ModelError(
+            f"the scoring rule or training ranges name columns the model does not have as (numeric) predictors: "
+            f"{unknown}", file=info_path, hint="retrain the model",
+        )  # fmt: skip
+    if manifest_sha256 is None and info.bundle_format >= BUNDLE_FORMAT:
+        raise ModelError(
+            "the model manifest is missing (this model was saved with one)", file=artifacts / MANIFEST_FILE,
+            hint="restore the model folder (dvc checkout, or download the registry version again) or retrain",
+        )  # fmt: skip
     estimator = load_estimator(artifacts / ESTIMATOR_FILE, info.estimator_sha256)
-    return Bundle(path=local, estimator=estimator, feature_spec=feature_spec, info=info)
+    return Bundle(
+        path=local, estimator=estimator, feature_spec=feature_spec, info=info, manifest_sha256=manifest_sha256
+    )
 
 
 def risk_band(probabilities: np.ndarray, bands: tuple[RiskBand, ...]) -> np.ndarray:

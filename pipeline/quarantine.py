@@ -18,6 +18,11 @@ class Reason(StrEnum):
     IMPOSSIBLE_VALUE = "impossible_value"  # outside the contract's physical/scale range
     ORPHAN_RECORD = "orphan_record"  # a measurement row for a participant not in the participants table
     INCONSISTENT = "inconsistent"  # values that contradict each other (e.g. unit without a value)
+    # a long export's patient without a baseline visit row: a later visit is never used in its place
+    MISSING_BASELINE = "missing_baseline"
+    # too few predictors for a score (the model's scoring rule): a confident-looking probability built from
+    # imputed values would be worse than none
+    INSUFFICIENT_DATA = "insufficient_data"
 
 
 QUARANTINE_COLUMNS: tuple[str, ...] = (

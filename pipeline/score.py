@@ -12,7 +12,11 @@ Guarantees:
 * bounded memory: the file is read and scored in chunks (Arrow record batches), so memory does not grow with
   the number of rows (except 8 bytes per distinct patient id, to catch duplicates);
 * nothing partial: outputs are written to temporary files beside the destination and renamed into place only
-  when the whole input has been scored; an interrupted run (Ctrl-C, SIGTERM) leaves the destination untouched.
+  when the whole input has been scored, both or neither (pipeline.io.atomic_paths); an interrupted run (Ctrl-C,
+  SIGTERM) leaves the destination untouched, and what a killed one leaves is removed by the next run, under
+  the lock that stops a second run into the same output (pipeline.io.output_lock);
+* safe to open: CSV outputs neutralise spreadsheet formulas (pipeline.io.neutralise_formulas); input errors
+  name the row and column, never the row's content.
 
 Duplicated patient ids: the first row of a patient is scored and later rows are rejected
 (``duplicate_record``): a streaming scorer cannot look ahead to pick the most complete record, which the clean
@@ -21,8 +25,9 @@ stage does for training data.
 
 from __future__ import annotations
 
-import csv
 import logging
+import os
+import re
 import signal
 import sys
 import time
@@ -42,9 +47,9 @@ import pyarrow.parquet as pq
 
 from pipeline.contract import CohortContract, load_contract
 from pipeline.errors import ExitCode, PipelineError
-from pipeline.features import build_features
+from pipeline.features import build_features, insufficient_data, outside_training_range
 from pipeline.harmonise import HarmoniseRules, harmonise, rules_from_tabular_spec
-from pipeline.io import atomic_path
+from pipeline.io import atomic_paths, check_replaceable, neutralise_formulas, output_lock, remove_stale_temps
 from pipeline.model import Bundle, load_bundle, risk_band
 from pipeline.paths import ProjectPaths
 from pipeline.quarantine import Reason
@@ -57,7 +62,19 @@ log = logging.getLogger(__name__)
 CANONICAL_FORMAT = "canonical"
 SUPPORTED_SUFFIXES = (".csv", ".parquet")
 REJECT_COLUMNS = ("source_row", "patient_id", "reason_code", "column", "value", "message")
-CSV_BLOCK_SIZE = 1 << 19  # bytes Arrow parses at a time; it reads up to 32 blocks ahead of the scorer
+CSV_BLOCK_SIZE = 1 << 19  # bytes Arrow parses at a time (more for a longer header or row, see _csv_batches)
+CSV_MAX_BLOCK_SIZE = 1 << 26  # a row must fit in one block: rows longer than this are refused, memory stays bounded
+# magic bytes of files that are not text but are sometimes renamed .csv: (start, what it is, what to do)
+NOT_TEXT = (
+    (b"\x1f\x8b", "a gzip archive", "decompress it (gunzip) and score the file inside"),
+    (b"PK\x03\x04", "a zip archive or an Excel workbook", "unzip it, or save the sheet as CSV (UTF-8), and score that"),
+    (b"PK\x05\x06", "an empty zip archive", "export the data again"),
+    (b"BZh", "a bzip2 archive", "decompress it (bunzip2) and score the file inside"),
+    (b"\xfd7zXZ\x00", "an xz archive", "decompress it (unxz) and score the file inside"),
+    (b"\x28\xb5\x2f\xfd", "a zstd archive", "decompress it (unzstd) and score the file inside"),
+    (b"\xd0\xcf\x11\xe0", "an Excel 97-2003 workbook", "save the sheet as CSV (UTF-8) and score that"),
+    (b"PAR1", "a Parquet file", "name it .parquet"),
+)
 BOOLEAN_CODES = {"true": ["1", "yes", "y", "true", "t"], "false": ["0", "no", "n", "false", "f"]}
 
 
@@ -138,15 +155,22 @@ def _check_input_path(path: Path) -> None:
         raise PipelineError("input file not found", file=path, hint="check the path")
     if path.is_dir():
         raise PipelineError("input is a folder, not a file", file=path)
-    if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+    if not path.is_file():  # a FIFO or device: the file is read twice (header, then rows), which they cannot be
+        raise PipelineError("input is not a regular file (a pipe or device)", file=path, hint="save it to a file first")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
         raise PipelineError(f"unsupported input type '{path.suffix}'", file=path, hint="give a .csv or .parquet file")
     try:
         with path.open("rb") as handle:
-            handle.read(1)
+            head = handle.read(8)
     except PermissionError:
         raise PipelineError("permission denied", file=path, hint="check the file's permissions") from None
-    if path.stat().st_size == 0:
+    if not head:
         raise PipelineError("the file is empty", file=path, hint="export the data again, with a header row")
+    for magic, what, hint in NOT_TEXT:
+        if head.startswith(magic) and not (suffix == ".parquet" and magic == b"PAR1"):
+            kind = "CSV text" if suffix == ".csv" else "a Parquet file"
+            raise PipelineError(f"the file is {what}, not {kind}", file=path, hint=hint)
 
 
 def count_rows(path: Path) -> int | None:
@@ -160,41 +184,126 @@ def count_rows(path: Path) -> int | None:
 
 
 def iter_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Yield the input in frames of about ``chunk_size`` rows; CSV values stay text until harmonisation."""
+    """Yield the input in frames of about ``chunk_size`` rows; CSV values stay text until harmonisation.
+
+    Errors are PipelineErrors naming the file, and for CSV the row and column, never the row's content.
+    """
+    if path.suffix.lower() == ".parquet":
+        yield from _parquet_chunks(path, chunk_size)
+        return
+    names: list[str] = []
     try:
-        if path.suffix.lower() == ".parquet":
-            # pre-buffering keeps every row group's raw column chunks read so far: memory would grow with the file
-            parquet = pq.ParquetFile(path, pre_buffer=False)
-            for batch in parquet.iter_batches(batch_size=chunk_size):
-                yield batch.to_pandas()
-            return
-        names = _csv_header(path)
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_SIZE),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
-            ),
-        )
-        # Arrow reads up to 32 blocks ahead, so blocks stay small and are gathered here into chunks of
-        # chunk_size rows (give or take one block), whatever the width of the rows
+        names, header_bytes = _csv_header(path)
+        # blocks stay small (see _csv_batches) and are cut here into chunks of exactly chunk_size rows, whatever
+        # the width of the rows, as Parquet's are: a file is scored in the same pieces whatever its format
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
-        for batch in reader:
+        for batch in _csv_batches(path, names, header_bytes):
             pending.append(batch)
             pending_rows += batch.num_rows
-            if pending_rows >= chunk_size:
-                yield pa.Table.from_batches(pending).to_pandas()
-                pending, pending_rows = [], 0
-        if pending:
+            if pending_rows < chunk_size:
+                continue
+            table, start = pa.Table.from_batches(pending), 0
+            while pending_rows - start >= chunk_size:
+                yield table.slice(start, chunk_size).to_pandas()  # slices share the blocks' buffers: no copy
+                start += chunk_size
+            rest = table.slice(start)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+        if pending_rows:
             yield pa.Table.from_batches(pending).to_pandas()
-    except pa.ArrowInvalid as exc:
-        text = str(exc)
-        if "UTF8" in text or "utf8" in text or "UTF-8" in text:
-            raise PipelineError(f"not UTF-8 text ({text})", file=path, hint="re-export the file as UTF-8") from None
-        raise PipelineError(f"the file cannot be parsed ({text})", file=path, hint=_reexport_hint(path)) from None
+    except pa.ArrowException as exc:
+        raise _csv_error(str(exc), path, names) from None
+    except OSError as exc:
+        raise PipelineError(
+            f"the file cannot be read ({exc.strerror or 'I/O error'})", file=path, hint=_reexport_hint(path)
+        ) from None
+
+
+def _parquet_chunks(path: Path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    try:
+        # pre-buffering keeps every row group's raw column chunks read so far: memory would grow with the file
+        parquet = pq.ParquetFile(path, pre_buffer=False)
+        nested = [f for f in parquet.schema_arrow if pa.types.is_nested(f.type)]
+        if nested:
+            raise PipelineError(
+                f"nested values ({nested[0].type}): a column must hold one plain value per row", file=path,
+                column=nested[0].name, hint="flatten it into plain columns, or leave it out of the export",
+            )  # fmt: skip
+        for batch in parquet.iter_batches(batch_size=chunk_size):  # no row groups: no batches, "no rows" later
+            yield batch.to_pandas()
     except (OSError, pa.ArrowException) as exc:
         raise PipelineError(f"the file cannot be read ({exc})", file=path, hint=_reexport_hint(path)) from None
+
+
+def _csv_batches(path: Path, names: list[str], header_bytes: int) -> Iterator[pa.RecordBatch]:
+    """The CSV's data rows as record batches, read serially: Arrow then numbers rows in its errors, and reads no
+    block ahead, so memory is a few blocks. A row must fit in one block: on a longer row Arrow fails
+    ("straddling object"), and the file is read again with blocks 4x as big, skipping the rows already
+    delivered, up to CSV_MAX_BLOCK_SIZE."""
+    block_size = max(CSV_BLOCK_SIZE, 1 << (header_bytes + 2).bit_length())  # the header must fit in the first
+    convert = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=True, null_values=[""]
+    )
+    delivered = 0
+    while True:
+        skip = delivered
+        try:
+            reader = pacsv.open_csv(
+                path, read_options=pacsv.ReadOptions(block_size=block_size, use_threads=False), convert_options=convert
+            )
+            for batch in reader:
+                if skip >= batch.num_rows:
+                    skip -= batch.num_rows
+                    continue
+                rows = batch.slice(skip) if skip else batch
+                skip = 0
+                delivered += rows.num_rows
+                yield rows
+            return
+        except pa.ArrowInvalid as exc:
+            if "straddling" not in str(exc):
+                raise
+            if block_size >= CSV_MAX_BLOCK_SIZE:
+                raise PipelineError(
+                    f"a row after row {delivered} is longer than {CSV_MAX_BLOCK_SIZE >> 20} MB", file=path,
+                    hint="check the quoting and line endings, or export it again",
+                ) from None  # fmt: skip
+            block_size = min(block_size * 4, CSV_MAX_BLOCK_SIZE)
+            log.debug("a row is longer than a block; reading again with %d-byte blocks", block_size)
+
+
+_ARROW_ROW = re.compile(r"Row #(\d+)")
+_ARROW_COLUMN = re.compile(r"In CSV column #(\d+)")
+_ARROW_FIELDS = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def _csv_error(text: str, path: Path, names: list[str]) -> PipelineError:
+    """Arrow's CSV error as a PipelineError with the row and column, without the row's text, which Arrow quotes
+    ("Expected 8 columns, got 3: P001,54,F") and which holds identifiers and clinical values."""
+    found = _ARROW_ROW.search(text)
+    row = int(found.group(1)) - 1 if found else None  # Arrow counts the header as row 1 and skips blank lines
+    found = _ARROW_COLUMN.search(text)
+    column = names[int(found.group(1))] if found and int(found.group(1)) < len(names) else None
+    fields = _ARROW_FIELDS.search(text)
+    if fields:
+        expected, got = int(fields.group(1)), int(fields.group(2))
+        if got < expected:
+            message = f"the row has {got} fields where the header has {expected}: it ends before this column"
+            column = names[got] if got < len(names) else None
+        else:
+            message = f"the row has {got} fields where the header has {expected}: extra fields after this column"
+            column = names[-1] if names else None
+        return PipelineError(
+            message, file=path, row=row, column=column,
+            hint="check the delimiter (comma) and quoting of this row, or export the file again",
+        )  # fmt: skip
+    if "UTF8" in text or "utf8" in text or "UTF-8" in text:
+        return PipelineError("not UTF-8 text", file=path, row=row, column=column, hint="re-export the file as UTF-8")
+    # other messages: keep Arrow's words, never what follows them (a quoted row or value)
+    scrubbed = re.sub(r"^(CSV parse error: )?(In CSV column #\d+: )?(Row #\d+: )?", "", text).split(": ")[0]
+    return PipelineError(
+        f"the file cannot be parsed ({scrubbed[:200]})", file=path, row=row, column=column, hint=_reexport_hint(path)
+    )
 
 
 def _reexport_hint(path: Path) -> str:
@@ -203,22 +312,48 @@ def _reexport_hint(path: Path) -> str:
     return "check the delimiter (comma), quoting and line endings, or export it again"
 
 
-def _csv_header(path: Path) -> list[str]:
+def _csv_header(path: Path) -> tuple[list[str], int]:
+    """The column names and the header's length in bytes. The header ends at the first line break: \\n, \\r\\n or
+    a lone \\r (old Mac and Excel exports); it is read in pieces, never more than half the largest block."""
+    head = bytearray()
+    end = None
     with path.open("rb") as handle:
-        first = handle.readline()
+        while end is None:
+            piece = handle.read(1 << 16)
+            if not piece:
+                break
+            found = re.search(rb"[\r\n]", piece)
+            if found:
+                end = len(head) + found.start()
+            head += piece
+            if end is None and len(head) > CSV_MAX_BLOCK_SIZE // 2:
+                raise PipelineError(
+                    f"the header row is longer than {CSV_MAX_BLOCK_SIZE >> 21} MB", file=path, row=0,
+                    hint="check that this is a CSV file with line breaks, or export it again",
+                )  # fmt: skip
+    first = bytes(head[:end])
     try:
         line = first.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise PipelineError(
             f"not UTF-8 text (header, byte {exc.start})", file=path, row=0, hint="re-export the file as UTF-8"
         ) from None
-    names = next(csv.reader([line]), [])
-    if not names or names == [""]:
+    if not line.strip():
+        raise PipelineError("no header row", file=path, row=0, hint="the first line must name the columns")
+    # Arrow's own parser, as for the rows (Python's csv module refuses fields over 128 kB)
+    options = pacsv.ReadOptions(block_size=1 << (len(first) + 2).bit_length(), use_threads=False)
+    try:
+        names = pacsv.read_csv(pa.py_buffer(line.encode() + b"\n"), read_options=options).column_names
+    except pa.ArrowException:
+        raise PipelineError(
+            "the header row cannot be parsed", file=path, row=0, hint="check its quoting, or export the file again"
+        ) from None
+    if names == [""]:
         raise PipelineError("no header row", file=path, row=0, hint="the first line must name the columns")
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise PipelineError(f"duplicated column names {duplicated}", file=path, row=0)
-    return names
+    return names, len(first)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -271,6 +406,22 @@ class ScoringContext:
     seen: SeenIds = field(default_factory=SeenIds)
 
 
+def _insufficient(cohort: pd.DataFrame, kept_rows: np.ndarray, bundle: Bundle) -> tuple[np.ndarray, pd.DataFrame]:
+    """Rows below the model's scoring rule: their mask and their rejects (names of missing predictors, no values)."""
+    found = insufficient_data(cohort, bundle.feature_spec.input_columns, bundle.scoring_rule)
+    rejects = pd.DataFrame(
+        {
+            "source_row": kept_rows[found.mask],
+            "patient_id": cohort.loc[found.mask, "patient_id"].to_numpy(),
+            "reason_code": str(Reason.INSUFFICIENT_DATA),
+            "column": found.columns,
+            "value": None,
+            "message": found.messages,
+        }
+    )
+    return found.mask, rejects
+
+
 def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score one chunk: (scored rows, rejected rows). Row numbers are 1-based data rows of the input."""
     needed = ctx.bundle.feature_spec.input_columns
@@ -280,11 +431,18 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
     result = harmonise(staged.rows, ctx.rules, ctx.contract, ctx.scales)
     rejects = result.quarantine
     cohort = result.cohort[list(dict.fromkeys(["patient_id", *needed]))]  # the columns used below
+    kept_rows = result.source_rows
+
+    # too little data for a score: rejected before the duplicate check, so that the id stays free for a later,
+    # complete row of the same patient ("an earlier row, which was scored")
+    insufficient, too_little = _insufficient(cohort, kept_rows, ctx.bundle)
+    if insufficient.any():
+        rejects = pd.concat([rejects, too_little], ignore_index=True)
+        cohort, kept_rows = cohort.loc[~insufficient].reset_index(drop=True), kept_rows[~insufficient]
 
     # duplicated ids: the first occurrence in the file is scored, later ones are rejected
     hashes = pd.util.hash_pandas_object(cohort["patient_id"], index=False).to_numpy()
     repeated = ctx.seen.contains(hashes) | pd.Series(hashes).duplicated().to_numpy()
-    kept_rows = result.source_rows
     if repeated.any():
         duplicates = pd.DataFrame(
             {
@@ -310,6 +468,9 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
             "source_row": np.asarray(kept_rows, dtype="int64"),
             "p_response": probability,
             "risk_band": risk_band(probability, info.risk_bands),
+            # applicability: how much of the row was imputed, and which values the model never saw in training
+            "n_missing_predictors": cohort[needed].isna().sum(axis=1).to_numpy(dtype="int64"),
+            "outside_training_range": outside_training_range(features, info.training_ranges).array,
             "task": info.task,
             "model_name": info.registered_model_name,
             "model_version": ctx.model_version,
@@ -347,7 +508,8 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
 class TableSink:
     """Append frames to one CSV or Parquet file with a fixed schema (the first frame's).
 
-    ``destination`` is the file the user asked for (``path`` may be its temporary name): errors name it.
+    ``destination`` is the file the user asked for (``path`` may be its temporary name): errors name it. CSV
+    cells that a spreadsheet would run as formulas are neutralised (pipeline.io.neutralise_formulas).
     """
 
     def __init__(self, path: Path, kind: str, destination: Path | None = None) -> None:
@@ -357,6 +519,8 @@ class TableSink:
 
     def write(self, frame: pd.DataFrame) -> None:
         table = pa.Table.from_pandas(frame, preserve_index=False, schema=self.schema)
+        if self.kind == ".csv":
+            table = neutralise_formulas(table)
         try:
             if self.writer is None:
                 self.schema = table.schema
@@ -416,6 +580,28 @@ def _write_all(writes: list[tuple[TableSink, pd.DataFrame]]) -> None:
 
 def rejects_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.rejects{output.suffix}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)  # hard links, bind mounts
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_output_paths(input_path: Path, output: Path, reject_file: Path) -> None:
+    """Refuse, before anything is written, outputs that would overwrite the input (usage), and outputs that are a
+    folder or not a regular file, e.g. /dev/full or a FIFO (not writable: a rename would replace the node)."""
+    for destination, what in ((output, "the output"), (reject_file, "the rejects file")):
+        if _same_file(destination, input_path):
+            raise PipelineError(
+                f"{what} would overwrite the input", file=destination, exit_code=ExitCode.USAGE,
+                hint="write the output to another file name",
+            )  # fmt: skip
+    for destination in (output, reject_file):
+        check_replaceable(destination)
 
 
 @contextmanager
@@ -484,6 +670,8 @@ def score_file(
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
     _check_input_path(input_path)
+    reject_file = rejects_path(output_path)
+    _check_output_paths(input_path, output_path, reject_file)
     kind = output_path.suffix.lower()
     if kind not in SUPPORTED_SUFFIXES:
         raise PipelineError(
@@ -491,12 +679,16 @@ def score_file(
             hint="name the output .csv or .parquet",
         )  # fmt: skip
     _check_output_parent(output_path)
-    reject_file = rejects_path(output_path)
     rows = scored = rejected = 0
     with ExitStack() as stack:
         stack.enter_context(_terminate_as_interrupt())
-        out_tmp = stack.enter_context(atomic_path(output_path))
-        rej_tmp = stack.enter_context(atomic_path(reject_file))
+        for destination in (output_path, reject_file):
+            # a second run into the same files stops here (exit 7); under the lock, a killed run's temporary
+            # files (.<name>.trd-<pid>-<random>.tmp) are removed
+            stack.enter_context(output_lock(destination))
+            remove_stale_temps(destination)
+        # both renamed into place at the end, or neither
+        out_tmp, rej_tmp = stack.enter_context(atomic_paths(output_path, reject_file))
         sink, reject_sink = TableSink(out_tmp, kind, output_path), TableSink(rej_tmp, kind, reject_file)
         bar = stack.enter_context(progress_bar(progress, count_rows(input_path)))
         writes = stack.enter_context(BackgroundWrites())  # exits first: writes end before the files are renamed
@@ -515,8 +707,9 @@ def score_file(
             del frame, out, rej  # free this chunk before the next is read: one chunk in memory at a time
             pa.default_memory_pool().release_unused()  # and hand Arrow's freed pages back to the system
         if rows == 0:
+            empty = "has no rows" if input_path.suffix.lower() == ".parquet" else "has a header but no rows"
             raise PipelineError(
-                "the file has a header but no rows", file=input_path,
+                f"the file {empty}", file=input_path,
                 hint="a nightly export with no patients usually means the export failed; check it",
             )  # fmt: skip
         writes.wait()
@@ -555,6 +748,8 @@ def build_context(
     contract = load_contract(configs / "cohort_schema.yaml")
     scales = load_scale_conversions(configs / "scale_conversions.yaml")
     bundle, version = resolve_model(model, task, paths)
+    for note in bundle.legacy_notes():  # here, not in load_bundle: once per run, not once per Dask worker
+        log.warning("model %s %s", bundle.info.registered_model_name, note)
     spec = input_format(input_format_name, paths, contract)
     rules = rules_from_tabular_spec(spec, constants={"cohort": "scoring_input"}, resolve_duplicates=False)
     return ScoringContext(
@@ -598,20 +793,24 @@ def validate_file(
             frame, ctx.spec, ctx.source_file, required=required_columns(ctx.spec, needed), first_row=report.rows + 1
         )
         result = harmonise(staged.rows, ctx.rules, ctx.contract, ctx.scales)
-        hashes = pd.util.hash_pandas_object(result.cohort["patient_id"], index=False).to_numpy()
+        # the scorer's order: too little data first (those ids stay free), then duplicates
+        insufficient, too_little = _insufficient(result.cohort, result.source_rows, ctx.bundle)
+        cohort = result.cohort.loc[~insufficient]
+        hashes = pd.util.hash_pandas_object(cohort["patient_id"], index=False).to_numpy()
         repeated = ctx.seen.contains(hashes) | pd.Series(hashes).duplicated().to_numpy()
         ctx.seen.add(np.unique(hashes[~repeated]))
         report.rows += len(frame)
         report.valid += int((~repeated).sum())
-        for reason, count in result.quarantine["reason_code"].value_counts().items():
+        rejects = pd.concat([result.quarantine, too_little], ignore_index=True).sort_values("source_row", kind="stable")
+        for reason, count in rejects["reason_code"].value_counts().items():
             report.rejected_by_reason[str(reason)] = report.rejected_by_reason.get(str(reason), 0) + int(count)
         if repeated.any():
             key = str(Reason.DUPLICATE)
             report.rejected_by_reason[key] = report.rejected_by_reason.get(key, 0) + int(repeated.sum())
-        for _, row in result.quarantine.head(max_examples - len(report.examples)).iterrows():
+        for _, row in rejects.head(max_examples - len(report.examples)).iterrows():
             report.examples.append(f"row {row['source_row']}: {row['reason_code']}: {row['message']}")
         for column in needed:
-            missing = int(result.cohort[column].isna().sum())
+            missing = int(cohort[column].isna().sum())
             report.missing_by_column[column] = report.missing_by_column.get(column, 0) + missing
     if report.rows == 0:
         raise PipelineError("the file has a header but no rows", file=input_path)

@@ -4,7 +4,8 @@ INPUT is a file, a glob (quote it) or a folder of CSV/Parquet partitions; OUTPUT
 
     OUTPUT/scored/part-00000.parquet   scored rows of input partition 0 (the first in sorted order), ...
     OUTPUT/rejects/part-00000.parquet  its rejected rows, with reasons (same columns as the single-machine rejects)
-    OUTPUT/failed_partitions.csv       partitions that could not be read at all (header only when none)
+    OUTPUT/failed_partitions.csv       partitions that could not be read at all (header only when none; formulas
+                                       neutralised as in the single-machine CSV output)
     OUTPUT/_manifest.json              per-partition row counts, the model's identity and hash, totals
     OUTPUT/_SUCCESS                    written last, for readers that prefer a marker to the atomic rename
 
@@ -51,7 +52,9 @@ Unreadable partitions
     problems, lost rows and unreachable storage are not partition failures: they stop the job.
 
 Nothing partial
-    Everything is written under a hidden staging folder beside OUTPUT (``.OUTPUT.tmp-<token>``); tasks write
+    Everything is written under a hidden staging folder beside OUTPUT (``.OUTPUT.trd-<pid>-<token>.tmp``, the
+    temporary-file pattern of pipeline.io: a folder left by a killed client is removed by the next run into
+    OUTPUT, under the lock that also stops a second run into OUTPUT at once, exit 7); tasks write
     through temporary files renamed into place, so a retried task rewrites identical bytes. The first pass writes
     to ``_work/``; the second reads from there and writes ``scored/`` and ``rejects/``, so it too can be retried.
     When every count checks out, the manifest and ``_SUCCESS`` are written and the folder is renamed onto OUTPUT
@@ -106,6 +109,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, ModelError, PipelineError
 from pipeline.harmonise import HarmoniseRules
+from pipeline.io import output_lock, remove_stale_temps, replace_folder, temp_path, write_csv
 from pipeline.model import Bundle, load_bundle
 from pipeline.quarantine import Reason
 from pipeline.scales import ScaleConversions
@@ -643,21 +647,6 @@ def _gather(client: Client, futures: list[Any], advance: Callable[[int], None]) 
     return results
 
 
-def _commit(staging: Path, output: Path) -> None:
-    """Rename the finished staging folder onto OUTPUT (moving an earlier output aside first)."""
-    if not output.exists():
-        staging.rename(output)
-        return
-    old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
-    output.rename(old)
-    try:
-        staging.rename(output)
-    except BaseException:
-        old.rename(output)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _remove(staging: Path) -> None:
     """Remove the staging folder; retry, in case a cancelled task on a remote worker was creating a file in it."""
     for _ in range(10):
@@ -741,13 +730,14 @@ def _check_counts(
 
 def _write_reports(staging: Path, ctx: ScoringContext, entries: list[dict[str, Any]]) -> dict[str, int]:
     failed = [e for e in entries if e["error"]]
-    pd.DataFrame(
+    failed_table = pa.table(
         {
-            "partition": [e["index"] for e in failed],
-            "source_file": [e["source_file"] for e in failed],
-            "message": [e["error"] for e in failed],
+            "partition": pa.array([e["index"] for e in failed], pa.int64()),
+            "source_file": pa.array([e["source_file"] for e in failed], pa.string()),
+            "message": pa.array([e["error"] for e in failed], pa.string()),
         }
-    ).to_csv(staging / FAILED_FILE, index=False)
+    )
+    write_csv(failed_table, staging / FAILED_FILE)  # a file name like "=cmd.csv" is neutralised
     totals = {
         "rows": sum(e["rows"] for e in entries),
         "scored": sum(e.get("scored", 0) for e in entries),
@@ -791,7 +781,9 @@ def score_dataset(
     token = uuid.uuid4().hex[:12]
     with ExitStack() as stack:
         stack.enter_context(_terminate_as_interrupt())
-        staging = output.with_name(f".{output.name}.tmp-{token}")
+        stack.enter_context(output_lock(output))  # a second run into OUTPUT stops here (exit 7)
+        remove_stale_temps(output)  # staging folders of killed runs
+        staging = temp_path(output, token)
         for folder in (staging, staging / WORK_DIR, staging / SCORED_DIR, staging / REJECTS_DIR):
             folder.mkdir()
         # registered first, so it runs last: after the cluster (and its writers) is gone
@@ -828,7 +820,7 @@ def score_dataset(
         shutil.rmtree(staging / WORK_DIR)
         totals = _write_reports(staging, ctx, entries)
         (staging / SUCCESS_FILE).write_bytes(b"")
-        _commit(staging, output)
+        replace_folder(staging, output)  # the old output is moved aside, then deleted
     return DaskScoreSummary(
         rows=totals["rows"], scored=totals["scored"], rejected=totals["rejected"], partitions=len(partitions),
         failed=tuple((names[r.index], r.error) for r in results if r.error is not None),

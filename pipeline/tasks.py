@@ -3,14 +3,20 @@
 A task names its target and its prediction time; its predictors are exactly the contract's predictor columns
 measured at or before that time, minus any it explicitly excludes. Outcomes, identifiers, metadata and
 provenance columns can never become features (tests/test_tasks.py walks every task).
+
+A task also declares the least data a score needs (``scoring``: required predictors, largest share missing);
+the train stage stores it in the model, so the scorer applies it without params.yaml.
 """
 
 from __future__ import annotations
+
+import difflib
 
 from pydantic import Field, RootModel, model_validator
 
 from pipeline.contract import TIMING_ORDER, CohortContract, ColumnSpec, Timing
 from pipeline.errors import ConfigError
+from pipeline.features import ScoringRule
 from pipeline.params import Frozen
 
 
@@ -19,6 +25,9 @@ class TaskSpec(Frozen):
     target: str = Field(description="A boolean outcome column of the canonical contract.")
     prediction_time: Timing = Field(description="When the prediction is made, on the contract's clinical clock.")
     exclude_predictors: tuple[str, ...] = Field(default=(), description="Predictors deliberately left out.")
+    scoring: ScoringRule = Field(
+        default_factory=ScoringRule, description="The least data a row needs for a score (stored in the model)."
+    )
 
 
 class TasksParams(RootModel[dict[str, TaskSpec]]):
@@ -39,8 +48,9 @@ class TasksParams(RootModel[dict[str, TaskSpec]]):
         return self.root[name]
 
 
-def task_predictors(task: TaskSpec, contract: CohortContract) -> list[ColumnSpec]:
-    """The task's predictor columns, in contract order; raises if the task is inconsistent with the contract."""
+def task_predictors(task: TaskSpec, contract: CohortContract, name: str = "") -> list[ColumnSpec]:
+    """The task's predictor columns, in contract order; raises if the task is inconsistent with the contract
+    (``name``, the task's name, makes the messages name the param: tasks.<name>.<key>)."""
     target = contract.by_name.get(task.target)
     if target is None or target.role != "outcome" or target.dtype != "bool":
         raise ConfigError(f"task target '{task.target}' is not a boolean outcome of the cohort contract")
@@ -53,4 +63,14 @@ def task_predictors(task: TaskSpec, contract: CohortContract) -> list[ColumnSpec
     unknown = sorted(set(task.exclude_predictors) - {c.name for c in available})
     if unknown:
         raise ConfigError(f"exclude_predictors names columns that are not predictors of this task: {unknown}")
-    return [c for c in available if c.name not in task.exclude_predictors]
+    predictors = [c for c in available if c.name not in task.exclude_predictors]
+    names = [c.name for c in predictors]
+    for required in task.scoring.required_predictors:
+        if required not in names:
+            close = difflib.get_close_matches(required, names, n=1)
+            raise ConfigError(
+                f"{f'tasks.{name}.' if name else ''}scoring.required_predictors: '{required}' is not a predictor "
+                "of this task",
+                hint=f"did you mean '{close[0]}'?" if close else f"use some of: {', '.join(names)}",
+            )
+    return predictors

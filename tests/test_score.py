@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
-from pipeline.features import FeatureSpec, build_features
+from pipeline.features import FeatureSpec, build_features, training_ranges
 from pipeline.model import feature_signature, load_bundle, save_bundle
 from pipeline.score import SeenIds, iter_chunks
 from pipeline.train import make_estimator
@@ -45,9 +45,15 @@ def canonical_rows(contract: CohortContract, n: int, seed: int = 0) -> pd.DataFr
     )
 
 
-def save_test_model(contract: CohortContract, folder: Path, logit: Callable[[pd.DataFrame], pd.Series]) -> Path:
+def save_test_model(
+    contract: CohortContract,
+    folder: Path,
+    logit: Callable[[pd.DataFrame], pd.Series],
+    scoring_rule: dict | None = None,
+) -> Path:
     """A small XGBoost model in this pipeline's bundle format, trained on canonical rows whose outcome follows
-    ``logit(features)``; shared with the Dask tests."""
+    ``logit(features)``; shared with the Dask tests. Its scoring rule requires madrs_baseline and allows up to 5
+    of the 7 predictors missing (``scoring_rule`` replaces it); its training ranges come from its training rows."""
     from pipeline.harmonise import harmonise, rules_from_tabular_spec
     from pipeline.scales import load_scale_conversions
     from pipeline.score import canonical_format
@@ -69,6 +75,8 @@ def save_test_model(contract: CohortContract, folder: Path, logit: Callable[[pd.
                        {"name": "high", "upper": 1.0}],
         "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
         "package_version": "test",
+        "scoring_rule": scoring_rule or {"required_predictors": ["madrs_baseline"], "max_missing_fraction": 0.75},
+        "training_ranges": training_ranges(X, spec),
     }  # fmt: skip
     save_bundle(
         folder, estimator=estimator, feature_spec=spec, info_fields=info,
@@ -151,7 +159,7 @@ def test_rejected_rows_are_written_with_reasons(tmp_path, model_dir, contract) -
     rows.loc[2, "route"] = "Spravto"  # unknown code
     rows.loc[3, "bmi"] = "heavy"  # wrong type
     rows.loc[4, "patient_id"] = rows.loc[0, "patient_id"]  # duplicated id
-    rows.loc[5, "madrs_baseline"] = np.nan  # missing is fine: scored as missing
+    rows.loc[5, "bmi"] = np.nan  # missing is fine: scored as missing
     rows.loc[6, "bmi"] = 1e300  # huge
     out = tmp_path / "scores.csv"
     code, text = invoke("score", str(write(rows, tmp_path / "in.csv")), "-o", str(out), "--model", str(model_dir))

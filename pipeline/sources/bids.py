@@ -78,6 +78,7 @@ from pydantic import (
 )
 
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.missing import markers_with
 from pipeline.params import Frozen, format_errors
 from pipeline.quarantine import Reason, quarantine_frame
 from pipeline.sources import BOOKKEEPING_COLUMNS, Staged
@@ -167,7 +168,8 @@ class LongTable(Frozen):
 class BidsAdapter(Frozen):
     """How one BIDS dataset maps onto the staged frame (the ``adapter:`` section of a source file)."""
 
-    missing_values: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = ("n/a",)
+    # on top of the shared markers (pipeline/missing.py), which already hold BIDS' own "n/a"
+    missing_values: tuple[Annotated[StrictStr, Field(min_length=1)], ...] = ()
     participants: ParticipantsTable
     eligibility: Eligibility
     phenotype: tuple[LongTable, ...] = ()
@@ -336,7 +338,7 @@ def _read_tsv(folder: Path, relative: str, required: list[str], missing: tuple[s
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     header: list[str] | None = None
     rows: list[_Row] = []
-    markers = frozenset(missing)
+    markers = frozenset(markers_with(missing))  # the shared markers (pipeline/missing.py) and the source's own
     for fields in reader:
         if not any(f.strip() for f in fields):
             continue  # blank line
@@ -360,7 +362,7 @@ def _read_tsv(folder: Path, relative: str, required: list[str], missing: tuple[s
 
 def _cell(raw: str, markers: frozenset[str]) -> str | None:
     value = raw.strip()
-    return None if value == "" or value in markers else value
+    return None if value.lower() in markers else value
 
 
 def _check_header(header: list[str], required: list[str], path: Path) -> None:
@@ -420,6 +422,8 @@ def stage_bids(folder: Path, adapter: BidsAdapter, source: str) -> BidsStaged:
     records, excluded, known_ids = _stage_participants(table, adapter, source)
     eligible = {record[ID_COLUMN]: record for record in records}
 
+    read = [spec.id_column, adapter.eligibility.column, *spec.numeric, *spec.text]
+    unused = {table.file: tuple(c for c in table.rows[0].values if c not in read)}  # reported, never an error
     accounts = []
     for long_spec in adapter.phenotype:
         long_table = _read_tsv(
@@ -430,6 +434,8 @@ def stage_bids(folder: Path, adapter: BidsAdapter, source: str) -> BidsStaged:
             source,
         )
         values, account = _stage_long_table(long_table, long_spec, known_ids, set(eligible), source)
+        read = [long_spec.id_column, long_spec.session_column, *long_spec.measures]
+        unused[long_table.file] = tuple(c for c in long_table.rows[0].values if c not in read)
         accounts.append(account)
         for patient_id, columns in values.items():
             eligible[patient_id].update(columns)
@@ -441,6 +447,7 @@ def stage_bids(folder: Path, adapter: BidsAdapter, source: str) -> BidsStaged:
         excluded=quarantine_frame(excluded),
         rows_in=len(table.rows),
         phenotype=tuple(accounts),
+        unused_columns=unused,
     )
     if staged.rows_in != len(staged.rows) + len(staged.excluded):  # pragma: no cover - a bug, not bad input
         raise RuntimeError(f"{source}: participants not accounted for")

@@ -226,11 +226,20 @@ def test_a_non_numeric_score_is_quarantined_and_left_missing(copy: Path) -> None
     assert account.dispositions[Disposition.USED] == 13  # the row is still used: one value is missing
 
 
-@pytest.mark.parametrize("text", ["nan", "inf", "1e", "12 13", "--4"])
+@pytest.mark.parametrize("text", ["inf", "1e", "12 13", "--4"])
 def test_float_spellings_that_are_not_ratings_are_wrong_type(copy: Path, text: str) -> None:
     rewrite(copy / PHENOTYPE, "sub-01\tses-b0\t34", f"sub-01\tses-b0\t{text}")
     (account,) = stage(copy).phenotype
     assert account.quarantine["reason_code"].tolist().count(Reason.WRONG_TYPE) == 1
+
+
+@pytest.mark.parametrize("text", ["nan", "NA", "N/A", "null", "."])
+def test_the_shared_missing_markers_are_missing_in_bids_tables_too(copy: Path, text: str) -> None:
+    rewrite(copy / PHENOTYPE, "sub-01\tses-b0\t34", f"sub-01\tses-b0\t{text}")
+    staged = stage(copy)
+    (account,) = staged.phenotype
+    assert Reason.WRONG_TYPE not in account.quarantine["reason_code"].tolist()
+    assert pd.isna(staged.rows.set_index("patient_id").loc["sub-01", "madrs_baseline"])
 
 
 def test_repeats_equal_as_numbers_are_duplicates_not_conflicts(copy: Path) -> None:
