@@ -23,6 +23,7 @@ Timing = Literal["baseline", "first_dose", "acute", "end_of_induction", "week8"]
 
 TIMING_ORDER: tuple[Timing, ...] = ("baseline", "first_dose", "acute", "end_of_induction", "week8")
 PREDICTOR_ROLES: frozenset[str] = frozenset({"baseline_predictor", "early_predictor"})
+SCORE_UNIT = "MADRS points"  # the unit that marks a column as a depression score (see ColumnSpec.is_score)
 
 # pandas dtypes of the canonical frame: nullable everywhere, so missing stays missing until the model.
 PANDAS_DTYPE: dict[str, str] = {
@@ -47,6 +48,9 @@ class ColumnSpec(BaseModel):
     min: float | None = None
     max: float | None = None
     levels: tuple[str, ...] | None = None
+    # levels listed elsewhere, merged in by load_contract: "sources" = one per configs/sources/<name>.yaml,
+    # "scales" = the scales of configs/scale_conversions.yaml (so adding either needs no edit here)
+    levels_from: Literal["sources", "scales"] | None = None
     aliases: dict[str, tuple[str, ...]] | None = None
     timing: Timing | None = None
     nullable: bool = True
@@ -55,6 +59,8 @@ class ColumnSpec(BaseModel):
     def _consistent(self) -> ColumnSpec:
         if self.dtype == "category" and not self.levels:
             raise ValueError(f"column {self.name}: a category needs 'levels'")
+        if self.levels_from is not None and self.dtype != "category":
+            raise ValueError(f"column {self.name}: only category columns take 'levels_from'")
         if self.levels is not None and self.dtype != "category":
             raise ValueError(f"column {self.name}: only category columns take 'levels'")
         if self.levels is not None and len(set(self.levels)) != len(self.levels):
@@ -77,6 +83,11 @@ class ColumnSpec(BaseModel):
         if self.role == "outcome" and self.timing in ("baseline", "first_dose"):
             raise ValueError(f"column {self.name}: an outcome cannot be known at '{self.timing}'")
         return self
+
+    @property
+    def is_score(self) -> bool:
+        """A depression score in MADRS points: recorded on some scale, range-checked on it, converted onto MADRS."""
+        return self.unit == SCORE_UNIT
 
     @property
     def pandas_dtype(self) -> str:
@@ -180,9 +191,36 @@ def load_contract(path: Path | None = None) -> CohortContract:
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=path) from None
     try:
-        return CohortContract.model_validate(raw)
+        return CohortContract.model_validate(_with_derived_levels(raw, Path(path)))
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc), file=path) from None
+
+
+def _with_derived_levels(raw: object, path: Path) -> object:
+    """The contract with ``levels_from`` resolved: source names and scale names come from their own configs
+    (beside the contract: ``sources/`` and ``scale_conversions.yaml``), listed levels are added after them."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("columns"), list):
+        return raw  # pydantic reports the shape
+    columns = []
+    for column in raw["columns"]:
+        origin = column.get("levels_from") if isinstance(column, dict) else None
+        if origin == "sources":
+            folder = path.parent / "sources"
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"column {column.get('name')}: levels_from sources, but {folder} is not a folder", file=path
+                )
+            derived = sorted(p.stem for p in folder.glob("*.yaml"))
+        elif origin == "scales":
+            from pipeline.scales import load_scale_conversions  # noqa: PLC0415 (scales imports nothing from here)
+
+            derived = load_scale_conversions(path.parent / "scale_conversions.yaml").names
+        else:
+            columns.append(column)
+            continue
+        listed = [level for level in column.get("levels") or () if level not in derived]
+        columns.append({**column, "levels": [*derived, *listed]})
+    return {**raw, "columns": columns}
 
 
 def _format_validation(exc: ValidationError) -> str:

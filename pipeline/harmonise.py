@@ -9,11 +9,17 @@ Steps, in order (each one vectorised):
    ignored); a value not in the list is ``unknown_code``;
 4. units: weight to kg, height to m; BMI derived from them where it is missing;
 5. scales: depression totals are range-checked on the scale they were recorded on, then converted onto MADRS
-   (configs/scale_conversions.yaml); the source scale is kept in ``madrs_source_scale``;
+   where the scale registry (configs/scale_conversions.yaml) has a conversion; the source scale is kept in
+   ``madrs_source_scale``. A scale without one leaves the MADRS-point columns missing (counted per column);
 6. ranges: every number outside the contract's range is an ``impossible_value`` (quarantined, never clipped);
-7. duplicates: among valid records of one patient the most complete wins, then the latest update, then the
-   first in file order; the others are quarantined as ``duplicate_record`` naming the winner;
-8. outcomes: response, remission, sustained response and percent change are derived from the MADRS scores.
+7. duplicates: among valid records of one patient the source's ``duplicate_order`` picks the winner (by default
+   the most complete, then the latest update, then the first in file order); the others are quarantined as
+   ``duplicate_record`` naming the winner;
+8. outcomes: response, remission, sustained response and percent change are derived from the scores: on MADRS
+   with MADRS's rules, or, for a scale without a conversion, on the scores as recorded with that scale's rules.
+
+Constants a source declares (``constants:``, e.g. a route for a single-route trial) are canonical values: they
+are parsed, coded against the contract's levels and range-checked like any other value.
 
 A row with several problems is quarantined once, under its first problem; the message lists all of them.
 Missing values stay missing (imputation belongs to the models).
@@ -21,22 +27,45 @@ Missing values stay missing (imputation belongs to the models).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import pandera.errors
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.contract import CohortContract
 from pipeline.errors import PipelineError
+from pipeline.missing import MISSING_MARKERS, blank_missing, markers_with
 from pipeline.quarantine import Reason, quarantine_frame
 from pipeline.scales import ScaleConversions
 from pipeline.sources import BOOKKEEPING_COLUMNS
 from pipeline.sources.spec import TabularSourceSpec
 
-RESPONSE_FRACTION = 0.5  # response = MADRS drop >= 50 % from baseline (literature.md §1)
-REMISSION_MAX_MADRS = 10.0  # remission = MADRS <= 10 (SYNAPSE, KetECT; literature.md §1)
+# MADRS's rules as the synthetic generator plants them; the clean stage reads them from the scale registry
+# (configs/scale_conversions.yaml), and tests/test_scales.py checks that both agree
+RESPONSE_FRACTION = 0.5  # response = score <= this fraction of baseline (a drop >= 50 %)
+REMISSION_MAX_MADRS = 10.0  # remission = MADRS <= 10
+
+# columns harmonisation derives itself: a source config can neither map nor fix them
+DERIVED_COLUMNS: dict[str, str] = {
+    "madrs_pct_change_acute": "the baseline and acute scores",
+    "response_acute": "the baseline and acute scores",
+    "response_end": "the baseline and end-of-induction scores",
+    "remission_end": "the end-of-induction score",
+    "sustained_week8": "the baseline, end-of-induction and week-8 scores",
+    "response_placebo_acute": "the baseline and placebo scores",
+    "madrs_source_scale": "the source's depression_scores (scale or scale_column)",
+}
+DUPLICATE_ORDER_TEXT = {
+    "completeness": "the most complete",
+    "updated_at": "the latest updated_at",
+    "file_order": "the first in file order",
+}
+RECORDED_PREFIX = "__recorded__"  # recorded scores of a scale without a conversion, kept for its outcome rules
 
 
 @dataclass(frozen=True)
@@ -50,10 +79,14 @@ class HarmoniseRules:
     boolean_lookup: Mapping[str, bool] = field(default_factory=dict)
     weight_units: Mapping[str, float] | None = None  # unit code -> factor to kg
     height_units: Mapping[str, float] | None = None  # unit code -> factor to m
-    scale_lookup: Mapping[str, str] | None = None  # scale code -> scale name; None: all scores are MADRS
-    score_columns: tuple[str, ...] = ()  # canonical MADRS columns recorded on the per-row scale
+    # scale code -> scale name; None: one scale for the whole source (constants' madrs_source_scale, else MADRS)
+    scale_lookup: Mapping[str, str] | None = None
+    score_columns: tuple[str, ...] = ()  # canonical score columns, recorded on the source's scale(s)
     constants: Mapping[str, object] = field(default_factory=dict)  # values the source fixes (cohort, route, ...)
     resolve_duplicates: bool = True
+    # how the winner among one patient's valid records is chosen (file_order always breaks the last tie)
+    duplicate_order: tuple[str, ...] = ("completeness", "updated_at", "file_order")
+    missing_markers: tuple[str, ...] = MISSING_MARKERS  # normalised text read as missing (pipeline/missing.py)
 
 
 @dataclass
@@ -62,6 +95,8 @@ class HarmoniseResult:
     quarantine: pd.DataFrame  # quarantine_frame() rows, one per quarantined input row
     conversions: dict[str, int]  # values converted, by kind
     source_rows: np.ndarray  # the input row number of each cohort row (same order)
+    # scale -> {MADRS-point column -> kept values left missing because the scale has no conversion to MADRS}
+    not_on_madrs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def _norm_codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -90,29 +125,52 @@ def _map_codes(series: pd.Series, lookup: Mapping[str, object], dtype: str) -> t
     unknown), and the mask of non-empty codes not in ``lookup``. Each distinct code is looked up once."""
     codes, text = _norm_codes(series)
     given = np.array([t is not None for t in text] + [False])
-    mapped = np.array([None if t is None else lookup.get(t) for t in text] + [None], dtype=object)
+    mapped = np.array([None if t is None else _lookup_code(t, lookup) for t in text] + [None], dtype=object)
     known = np.array([m is not None for m in mapped])
     rows = np.where(codes >= 0, codes, len(text))  # missing values point at the trailing None
     values = pd.array(mapped, dtype=dtype).take(rows)
     return pd.Series(values, index=series.index), given[rows] & ~known[rows]
 
 
-def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Numbers as float64, and the mask of non-empty values that are not numbers (``wrong_type``)."""
-    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-        return raw.astype("float64"), pd.Series(False, index=raw.index)
-    text = raw.astype("string")
-    try:  # fast path: Arrow parses a clean column of numbers ~20x faster than pandas
-        import pyarrow as pa  # noqa: PLC0415
-        import pyarrow.compute as pc  # noqa: PLC0415
+_WHOLE_NUMBER = re.compile(r"^([+-]?\d+)\.0*$")
 
-        stripped = pc.utf8_trim_whitespace(pa.array(text.array, type=pa.string()))
-        empty_as_null = pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
-        parsed = pd.Series(pc.cast(empty_as_null, pa.float64()).to_numpy(zero_copy_only=False), index=raw.index)
-        return parsed.astype("float64"), pd.Series(False, index=raw.index)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        parsed = pd.to_numeric(text, errors="coerce").astype("float64")
-        return parsed, text.notna() & parsed.isna() & _norm(text).notna()
+
+def _lookup_code(code: str, lookup: Mapping[str, object]) -> object:
+    """A code's level; a whole number written as a float ("1.0", what pandas writes for a coded column with gaps)
+    is looked up as the integer code it is."""
+    found = lookup.get(code)
+    if found is None and (whole := _WHOLE_NUMBER.match(code)):
+        found = lookup.get(str(int(whole.group(1))))
+    return found
+
+
+def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Numbers as float64, and the mask of non-empty values that are not finite numbers (``wrong_type``).
+
+    Each value is judged alone (one pattern for the whole column, no fast path that depends on the other values
+    of the chunk), so a file gets the same verdicts at any chunk size. Text such as ``inf`` or ``1e309`` (which
+    overflows) is not a finite number; missing-value markers were removed before (pipeline/missing.py).
+    """
+    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
+        values = raw.astype("float64")
+        infinite = np.isinf(values.to_numpy())
+        return values.mask(infinite), pd.Series(infinite, index=raw.index)
+    text = pa.array(raw.astype("string").array, type=pa.string())
+    stripped = pc.utf8_trim_whitespace(text)
+    is_number = pc.fill_null(pc.match_substring_regex(stripped, _NUMBER_PATTERN), False)
+    numbers = pc.cast(pc.if_else(is_number, stripped, pa.scalar(None, pa.string())), pa.float64())
+    parsed = numbers.to_numpy(zero_copy_only=False)
+    given = pc.fill_null(pc.not_equal(stripped, ""), False).to_numpy(zero_copy_only=False)
+    bad = given & (~is_number.to_numpy(zero_copy_only=False) | np.isinf(parsed))
+    parsed = np.where(bad, np.nan, parsed)
+    return pd.Series(parsed, index=raw.index, dtype="float64"), pd.Series(bad, index=raw.index)
+
+
+# a decimal number as exports write it: sign, digits with an optional point, optional exponent
+_NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
+
+
+CANONICAL_FLAGS: dict[str, bool] = {"true": True, "false": False}  # YAML's true/false, as text
 
 
 def code_lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
@@ -131,6 +189,9 @@ def rules_from_tabular_spec(
             str(code).strip().casefold(): key == "true" for key, codes in spec.boolean_codes.items() for code in codes
         }
     scores = spec.depression_scores
+    fixed: dict[str, object] = {"cohort": spec.name, **spec.constants}
+    if scores is not None and scores.scale is not None:
+        fixed["madrs_source_scale"] = scores.scale
     return HarmoniseRules(
         source=spec.name,
         categorical=categorical,
@@ -139,10 +200,12 @@ def rules_from_tabular_spec(
         boolean_lookup=boolean_lookup,
         weight_units=dict(spec.body_size.weight.units) if spec.body_size else None,
         height_units=dict(spec.body_size.height.units) if spec.body_size else None,
-        scale_lookup=code_lookup(scores.scale_codes) if scores else None,
-        score_columns=tuple(scores.columns.values()) if scores else (),
-        constants=dict(constants or {"cohort": spec.name}),
+        scale_lookup=code_lookup(scores.scale_codes) if scores and scores.scale_codes else None,
+        score_columns=tuple(scores.targets()) if scores else (),
+        constants={**fixed, **(constants or {})},  # the caller's (the scorer's cohort) win
         resolve_duplicates=resolve_duplicates,
+        duplicate_order=tuple(spec.effective_duplicate_order()),
+        missing_markers=markers_with(spec.missing_values),
     )
 
 
@@ -195,7 +258,8 @@ def harmonise(
     staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, scales: ScaleConversions
 ) -> HarmoniseResult:
     """Turn a staged frame into validated canonical rows and quarantine rows (see module docstring)."""
-    staged = staged.reset_index(drop=True)
+    # constants are canonical values, never markers (psychotherapy 'none' is a level)
+    staged = _blank_missing_markers(staged.reset_index(drop=True), rules, contract)
     issues = _Issues(staged.index)
     out = pd.DataFrame(index=staged.index)
     conversions: dict[str, int] = {}
@@ -229,7 +293,8 @@ def harmonise(
     _check_ranges(contract, issues, out)
 
     for key, value in rules.constants.items():
-        out[key] = value
+        if key not in staged:  # constants the adapter staged were parsed and checked above
+            out[key] = value
 
     # bookkeeping for messages and duplicate order
     for col in BOOKKEEPING_COLUMNS:
@@ -239,15 +304,64 @@ def harmonise(
 
     kept = out.loc[~quarantined].copy()
     if rules.resolve_duplicates:
-        kept, duplicates = _resolve_duplicates(kept, staged, contract, rules.source)
+        kept, duplicates = _resolve_duplicates(kept, staged, contract, rules.source, rules.duplicate_order)
         quarantine_rows = pd.concat([quarantine_rows, duplicates], ignore_index=True)
 
-    kept = _derive_outcomes(kept)
+    kept = _derive_outcomes(kept, scales)
+    not_on_madrs = _not_on_madrs(kept, scales)
     source_rows = kept["source_row"].to_numpy(dtype="int64", na_value=-1)
     # the scorer resolves duplicates across chunks itself, so only the clean stage demands unique ids here
     cohort = _to_contract(kept, contract, rules.source, unique_ids=rules.resolve_duplicates)
     quarantine = quarantine_frame(quarantine_rows).sort_values(["source_row"], kind="stable").reset_index(drop=True)
-    return HarmoniseResult(cohort=cohort, quarantine=quarantine, conversions=conversions, source_rows=source_rows)
+    return HarmoniseResult(
+        cohort=cohort, quarantine=quarantine, conversions=conversions, source_rows=source_rows,
+        not_on_madrs=not_on_madrs,
+    )  # fmt: skip
+
+
+def constant_problems(constants: Mapping[str, object], contract: CohortContract, source: str) -> list[tuple[str, str]]:
+    """(column, message) for each constant that fails the parsing, code and range checks every value goes through
+    (the source's config check calls this before any data is read)."""
+    present = {name: value for name, value in constants.items() if name in contract.by_name}
+    if not present:
+        return []
+    staged = pd.DataFrame({name: pd.Series([value], dtype=object) for name, value in present.items()})
+    issues = _Issues(staged.index)
+    out = pd.DataFrame(index=staged.index)
+    _parse_columns(staged, HarmoniseRules(source=source, constants=present), contract, issues, out)
+    _check_ranges(contract, issues, out)
+    return [(column, str(messages.iloc[0])) for _, column, _, messages in issues.items]
+
+
+def _blank_missing_markers(staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract) -> pd.DataFrame:
+    """Every missing-value marker (``NA``, ``n/a``, ``NULL``, ``.``, ...) becomes a missing value, in every column
+    but the bookkeeping ones and the source's constants. A column's own codes win over the markers: psychotherapy
+    ``none`` is a level, not a missing value."""
+    skip = {*BOOKKEEPING_COLUMNS, *rules.constants}
+    blanked = {}
+    for name in staged.columns:
+        if name in skip:
+            continue
+        markers = rules.missing_markers
+        codes = _known_codes(name, rules, contract)
+        if codes:
+            markers = tuple(m for m in markers if m not in codes)
+        column = blank_missing(staged[name], markers)
+        if column is not staged[name]:
+            blanked[name] = column
+    return staged.assign(**blanked) if blanked else staged
+
+
+def _known_codes(name: str, rules: HarmoniseRules, contract: CohortContract) -> frozenset[str]:
+    """The normalised codes a coded column accepts (empty for numbers and free text)."""
+    if name in rules.boolean:
+        return frozenset(rules.boolean_lookup)
+    if name in rules.categorical:
+        return frozenset(rules.categorical[name])
+    spec = contract.by_name.get(name)
+    if spec is not None and spec.dtype == "category" and name not in rules.passthrough:
+        return frozenset(level.casefold() for level in spec.levels or ())
+    return frozenset()
 
 
 def _parse_columns(
@@ -269,18 +383,23 @@ def _parse_columns(
         elif name in rules.passthrough:
             out[name] = raw.astype("string").str.strip().mask(lambda s: s == "")
         elif name in rules.boolean or spec.dtype == "bool":
-            mapped, unknown = _map_codes(raw, rules.boolean_lookup, "boolean")
-            known = ", ".join(sorted(rules.boolean_lookup)) or "none configured"
+            # a constant is written canonically (true/false), whatever codes the source's own columns use
+            lookup_flags = CANONICAL_FLAGS if name in rules.constants else rules.boolean_lookup
+            mapped, unknown = _map_codes(raw, lookup_flags, "boolean")
+            known = ", ".join(sorted(lookup_flags)) or "none configured"
             issues.add(
                 Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a yes/no code for {name} ({known})")
             )
             out[name] = mapped
         elif spec.dtype == "category":
-            lookup = rules.categorical.get(name)
-            if lookup is None:  # the source already records canonical levels
+            lookup = None if name in rules.constants else rules.categorical.get(name)
+            if lookup is None:  # the source records canonical levels (always so for a constant)
                 lookup = {level.casefold(): level for level in spec.levels or ()}
             mapped, unknown = _map_codes(raw, lookup, "string")
-            hint = f"known: {', '.join(sorted(set(lookup)))}; add the code to configs/sources/{rules.source}.yaml"
+            if name in rules.constants:
+                hint = f"levels: {', '.join(spec.levels or ())}; a constant is written as a canonical level"
+            else:
+                hint = f"known: {', '.join(sorted(set(lookup)))}; add the code to configs/sources/{rules.source}.yaml"
             issues.add(Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a known {name} ({hint})"))
             out[name] = mapped
         else:
@@ -347,15 +466,22 @@ def _harmonise_scores(
         normed = _norm(staged["score_scale"])
         scale = normed.map(rules.scale_lookup).astype("string")
         unknown = normed.notna() & scale.isna()
+        codes = ", ".join(sorted(rules.scale_lookup))
         issues.add(
             Reason.UNKNOWN_CODE,
             "score_scale",
             unknown,
-            _Message("depression scale '", staged["score_scale"], "' is not MADRS, HAM-D17 or QIDS-SR16"),
+            _Message(
+                "depression scale '",
+                staged["score_scale"],
+                f"' is not a scale code of this source ({codes}); add it under depression_scores.scale_codes in "
+                f"configs/sources/{rules.source}.yaml",
+            ),
         )
         has_score = staged[present].notna().any(axis=1) if present else pd.Series(False, index=staged.index)
         issues.add(Reason.INCONSISTENT, "score_scale", has_score & normed.isna(), "scores given without their scale")
     out["madrs_source_scale"] = scale
+    unconvertible = scale.isin([name for name in scales.names if not scales.convertible(name)]).fillna(False)
     for column in present:
         raw = staged[column]
         value, bad = _parse_numbers(raw)
@@ -375,11 +501,16 @@ def _harmonise_scores(
                 Reason.IMPOSSIBLE_VALUE,
                 column,
                 outside,
-                _Message(f"{column} ", value, f" is outside the {name.upper()} range {low:g}–{high:g}"),
+                _Message(f"{column} ", value, f" is outside the {scales.scales[name].label} range {low:g}–{high:g}"),
             )
-            if name != scales.target and on_scale.any():
+            if name == scales.target or not on_scale.any():
+                continue
+            if scales.convertible(name):
                 madrs[on_scale] = scales.to_madrs(recorded.to_numpy(), name)
                 conversions[f"{name}_to_madrs"] = conversions.get(f"{name}_to_madrs", 0) + int(recorded.notna().sum())
+            else:  # never MADRS points; the recorded score still decides this scale's own outcomes
+                madrs[on_scale] = np.nan
+        out[RECORDED_PREFIX + column] = value.where(unconvertible)
         # a top-of-scale HAM-D17 maps above 60 on the linear fit: cap at the MADRS maximum and count it
         target_low, target_high = scales.ranges[scales.target]
         converted = (scale != scales.target).fillna(False)
@@ -388,6 +519,18 @@ def _harmonise_scores(
             capped.sum()
         )
         out[column] = madrs.where(~converted, madrs.clip(target_low, target_high))
+
+
+def _not_on_madrs(kept: pd.DataFrame, scales: ScaleConversions) -> dict[str, dict[str, int]]:
+    """Per scale without a conversion: how many kept scores each MADRS-point column lacks for that reason."""
+    counts: dict[str, dict[str, int]] = {}
+    if "madrs_source_scale" not in kept:
+        return counts
+    for helper in (c for c in kept.columns if c.startswith(RECORDED_PREFIX)):
+        column = helper.removeprefix(RECORDED_PREFIX)
+        for scale, n in kept.loc[kept[helper].notna(), "madrs_source_scale"].value_counts().items():
+            counts.setdefault(str(scale), {})[column] = int(n)
+    return {scale: dict(sorted(columns.items())) for scale, columns in sorted(counts.items())}
 
 
 def _issue_rows(
@@ -431,13 +574,19 @@ def _issue_rows(
 
 
 def _resolve_duplicates(
-    kept: pd.DataFrame, staged: pd.DataFrame, contract: CohortContract, source: str
+    kept: pd.DataFrame,
+    staged: pd.DataFrame,
+    contract: CohortContract,
+    source: str,
+    order: tuple[str, ...] = ("completeness", "updated_at", "file_order"),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One record per patient: ``order`` (the source's ``duplicate_order``) ranks the valid records, file order
+    breaking any tie that remains; the others are quarantined naming the winner."""
     dup_mask = kept["patient_id"].duplicated(keep=False)
     if not dup_mask.any():
         return kept, quarantine_frame()
     canonical = [c for c in contract.names if c in kept.columns and c not in ("patient_id", "cohort")]
-    order = pd.DataFrame(
+    ranking = pd.DataFrame(
         {
             "patient_id": kept["patient_id"],
             "completeness": kept[canonical].notna().sum(axis=1),
@@ -448,9 +597,10 @@ def _resolve_duplicates(
         },
         index=kept.index,
     )
-    ranked = order.sort_values(
-        ["patient_id", "completeness", "updated_at", "file_order"],
-        ascending=[True, False, False, True],
+    keys = [*dict.fromkeys([*order, "file_order"])]
+    ranked = ranking.sort_values(
+        ["patient_id", *keys],
+        ascending=[True, *(key == "file_order" for key in keys)],  # most complete, latest, then first
         na_position="last",
         kind="stable",
     )
@@ -470,34 +620,68 @@ def _resolve_duplicates(
             "value": losers["patient_id"],
             "message": "another record of this patient was kept (row "
             + losers["patient_id"].map(winner_row).astype("string")
-            + "): the most complete, then the latest updated_at, then the first in file order wins",
+            + "): "
+            + ", then ".join(DUPLICATE_ORDER_TEXT[key] for key in keys)
+            + " wins",
         }
     )
     return kept.drop(index=losers_idx), duplicates
 
 
-def _derive_outcomes(frame: pd.DataFrame) -> pd.DataFrame:
-    """Response, remission and percent change from the MADRS scores (missing where a score is missing)."""
+def _derive_outcomes(frame: pd.DataFrame, scales: ScaleConversions) -> pd.DataFrame:
+    """Response, remission and percent change from the scores (missing where a score is missing).
+
+    Scores on MADRS (recorded or converted) follow MADRS's rules; scores on a scale without a conversion follow
+    that scale's own rules (configs/scale_conversions.yaml), on the values as recorded. Percent change is a MADRS
+    quantity and stays missing for the latter.
+    """
     frame = frame.copy(deep=False)  # whole columns are added or replaced, never changed in place
-    base = frame["madrs_baseline"] if "madrs_baseline" in frame else pd.Series(np.nan, index=frame.index)
+    index = frame.index
+    target = scales.scales[scales.target]
+    scale = frame["madrs_source_scale"] if "madrs_source_scale" in frame else pd.Series(pd.NA, index=index)
+    own_rules = {
+        name: (scale == name).fillna(False).to_numpy() for name in scales.names if not scales.convertible(name)
+    }
+    on_madrs = ~np.logical_or.reduce([np.zeros(len(index), dtype=bool), *own_rules.values()])
 
-    def col(name: str) -> pd.Series:
-        return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=frame.index)
+    def madrs(name: str) -> pd.Series:
+        return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=index)
 
-    def responded(score: pd.Series) -> pd.Series:
-        result = (score <= RESPONSE_FRACTION * base).astype("boolean")
-        return result.mask(score.isna() | base.isna())
+    def score(name: str) -> pd.Series:
+        """MADRS points, or the recorded score where the scale has its own rules."""
+        recorded = frame.get(RECORDED_PREFIX + name)
+        return madrs(name) if recorded is None else madrs(name).where(on_madrs, recorded.astype("float64"))
 
-    acute, end, week8, placebo = col("madrs_acute"), col("madrs_end"), col("madrs_week8"), col("madrs_placebo_acute")
+    keep = np.full(len(index), 1.0 - target.response.min_reduction)  # response: score <= keep x baseline
+    for name, rows in own_rules.items():
+        keep[rows] = 1.0 - scales.scales[name].response.min_reduction
+    base = score("madrs_baseline")
+
+    def responded(value: pd.Series) -> pd.Series:
+        result = pd.Series(value.to_numpy() <= keep * base.to_numpy(), index=index).astype("boolean")
+        return result.mask(value.isna() | base.isna())
+
+    def remitted(value: pd.Series) -> pd.Series:
+        met = target.remission.met(value.to_numpy())
+        for name, rows in own_rules.items():
+            met = np.where(rows, scales.scales[name].remission.met(value.to_numpy()), met)
+        return pd.Series(met, index=index).astype("boolean").mask(value.isna())
+
+    acute, end, week8, placebo = (
+        score("madrs_acute"),
+        score("madrs_end"),
+        score("madrs_week8"),
+        score("madrs_placebo_acute"),
+    )
     frame["response_acute"] = responded(acute)
     frame["response_end"] = responded(end)
-    frame["remission_end"] = (end <= REMISSION_MAX_MADRS).astype("boolean").mask(end.isna())
-    sustained = responded(end) & responded(week8)
-    frame["sustained_week8"] = sustained
+    frame["remission_end"] = remitted(end)
+    frame["sustained_week8"] = responded(end) & responded(week8)
     frame["response_placebo_acute"] = responded(placebo)
+    madrs_base, madrs_acute = madrs("madrs_baseline"), madrs("madrs_acute")
     with np.errstate(divide="ignore", invalid="ignore"):
-        pct = 100.0 * ((acute - base) / base)  # divide first: (0 - b) / b is exactly -1
-    frame["madrs_pct_change_acute"] = pct.where(base > 0)
+        pct = 100.0 * ((madrs_acute - madrs_base) / madrs_base)  # divide first: (0 - b) / b is exactly -1
+    frame["madrs_pct_change_acute"] = pct.where(madrs_base > 0)
     return frame
 
 

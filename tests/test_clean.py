@@ -157,3 +157,61 @@ def test_export_missing_a_column_names_it(project_root: Path) -> None:
     with pytest.raises(PipelineError, match="route"):
         main()
     assert not (project_root / "data" / "interim").exists()
+
+
+# --- loud losses: a source that keeps nothing, a mapped column that is empty -----------------------------------
+
+COHORTS = REPO_ROOT / "tests" / "data" / "cohorts"
+HEADER = "id,age,gender,arm,phq9_base,phq9_wk4,phq9_wk8,comments\n"
+
+
+def _only_the_trial(project_root: Path, export: str, on_loss: str = "fail") -> None:
+    """The kap_trial fixture as the project's only source, with ``export`` as its file."""
+    shutil.copy(COHORTS / "kap_trial" / "kap_trial.yaml", project_root / "configs" / "sources" / "kap_trial.yaml")
+    (project_root / "exports" / "kap_trial").mkdir(parents=True)
+    (project_root / "exports" / "kap_trial" / "export.csv").write_text(HEADER + export, encoding="utf-8")
+    params = yaml.safe_load((project_root / "params.yaml").read_text())
+    params["clean"] = {"sources": ["kap_trial"], "on_loss": on_loss}
+    (project_root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def test_a_source_that_keeps_no_row_stops_the_stage(project_root: Path) -> None:
+    _only_the_trial(project_root, "1,40,f,KAP,30,10,9,\n2,41,f,waitlist,20,10,9,\n")
+    with pytest.raises(PipelineError) as info:
+        main()
+    assert info.value.message == (
+        "source 'kap_trial' keeps no rows: 2 in, all quarantined (impossible_value 1, unknown_code 1)"
+    )
+    assert "clean.on_loss: warn" in info.value.hint
+    assert not (project_root / "data" / "interim").exists()
+
+
+def test_a_mapped_column_missing_in_every_kept_row_stops_the_stage(project_root: Path) -> None:
+    _only_the_trial(project_root, "1,,f,KAP,20,10,9,\n2,,m,standard,20,10,9,\n")
+    with pytest.raises(PipelineError) as info:
+        main()
+    assert info.value.message == "source 'kap_trial': column 'age' (filled by numeric.age) is missing in every kept row"
+
+
+def test_scores_without_a_madrs_conversion_are_not_a_loss(project_root: Path) -> None:
+    _only_the_trial(project_root, "1,40,f,KAP,20,10,9,\n")
+    main()  # madrs_baseline, madrs_end, madrs_week8 are all missing, but counted under not_on_madrs
+    report = json.loads((project_root / "reports" / "cleaning.json").read_text())["sources"]["kap_trial"]
+    assert report["not_on_madrs"] == {"phq9": {"madrs_baseline": 1, "madrs_end": 1, "madrs_week8": 1}}
+    assert "losses" not in report
+
+
+def test_on_loss_warn_writes_the_outputs_and_lists_the_losses(project_root: Path, caplog) -> None:
+    _only_the_trial(project_root, "1,,f,KAP,20,10,9,\n", on_loss="warn")
+    main()
+    report = json.loads((project_root / "reports" / "cleaning.json").read_text())["sources"]["kap_trial"]
+    loss = "source 'kap_trial': column 'age' (filled by numeric.age) is missing in every kept row"
+    assert report["losses"] == [loss]
+    assert loss in caplog.text
+    assert (project_root / "data" / "interim" / "cohort.parquet").is_file()
+
+
+def test_an_invalid_on_loss_is_a_config_error(project_root: Path) -> None:
+    _only_the_trial(project_root, "1,40,f,KAP,20,10,9,\n", on_loss="ignore")
+    with pytest.raises(ConfigError, match=r"clean\.on_loss"):
+        main()

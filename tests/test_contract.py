@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -35,9 +36,12 @@ def test_predictor_timing_rule(contract: CohortContract) -> None:
 
 
 def _write_variant(tmp_path: Path, mutate) -> Path:
+    """A changed contract in a configs folder of its own (its derived levels read sources/ and the scale registry)."""
     raw = yaml.safe_load((REPO_ROOT / "configs" / "cohort_schema.yaml").read_text())
     mutate(raw)
-    path = tmp_path / "schema.yaml"
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", configs)
+    path = configs / "cohort_schema.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 

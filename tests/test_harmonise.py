@@ -123,7 +123,7 @@ def test_score_range_is_checked_on_the_recorded_scale(spec, contract, scales) ->
     assert set(quarantined.index) == {"madrs75", "qids30"}
     assert (quarantined["reason_code"] == "impossible_value").all()
     assert "MADRS range 0–60" in quarantined.loc["madrs75", "message"]
-    assert "QIDS_SR16 range 0–27" in quarantined.loc["qids30", "message"]
+    assert "QIDS-SR16 range 0–27" in quarantined.loc["qids30", "message"]  # the registry's label
 
 
 def test_sex_codes_are_normalised(spec, contract, scales) -> None:
@@ -217,3 +217,140 @@ def test_missing_values_stay_missing(spec, contract, scales) -> None:
     assert pd.isna(row["crp_mg_l"])
     assert pd.isna(row["sex"])
     assert pd.isna(row["comorbid_ptsd"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# missing-value markers, number parsing that does not depend on the chunk, whole-number float codes
+# --------------------------------------------------------------------------------------------------------------
+
+MARKERS = ["", "   ", "NA", "N/A", "n/a", "NaN", "nan", "NULL", "null", "None", "#N/A", ".", " na "]
+
+
+def as_text(row: dict[str, object]) -> dict[str, object]:
+    """The row as a CSV reader gives it: every value text."""
+    return {key: None if value is None else str(value) for key, value in row.items()}
+
+
+@pytest.mark.parametrize("marker", MARKERS)
+def test_missing_markers_are_missing_in_numbers_codes_and_flags(spec, contract, scales, marker) -> None:
+    row = as_text(record(bmi=marker, crp_mg_l=marker, sex=marker, ptsd=marker, route=marker, weight=marker))
+    result = run([row], spec, contract, scales)
+    assert result.quarantine.empty, result.quarantine["message"].tolist()
+    kept = result.cohort.iloc[0]
+    for column in ("bmi", "crp_mg_l", "sex", "comorbid_ptsd", "route"):
+        assert pd.isna(kept[column]), column
+
+
+def test_a_marker_id_is_a_missing_id(spec, contract, scales) -> None:
+    result = run([as_text(record(patient_ref="NA"))], spec, contract, scales)
+    assert result.quarantine["reason_code"].tolist() == ["missing_id"]
+
+
+def test_a_source_adds_its_own_markers_matched_in_text_and_numbers(spec, contract, scales) -> None:
+    own = spec.model_copy(update={"missing_values": ["-99", "unknown"]})
+    rows = [
+        record(patient_ref="num", crp_mg_l=-99.0),
+        as_text(record(patient_ref="text", crp_mg_l="-99", sex="Unknown")),
+    ]
+    staged = stage_tabular(pd.DataFrame(rows), own, source_file="export.csv")
+    result = harmonise(staged.rows, rules_from_tabular_spec(own), contract, scales)
+    assert result.quarantine.empty
+    assert result.cohort["crp_mg_l"].isna().all()
+    # without the source's markers the same values are an impossible CRP and an unknown sex code
+    assert set(run(rows, spec, contract, scales).quarantine["reason_code"]) == {"impossible_value", "unknown_code"}
+
+
+@pytest.mark.parametrize("text", ["inf", "-inf", "Infinity", "1e309", "12abc", "1,5", "--3", "0x1A"])
+def test_text_that_is_not_a_finite_number_is_wrong_type(spec, contract, scales, text) -> None:
+    result = run([as_text(record(crp_mg_l=text))], spec, contract, scales)
+    assert result.quarantine["reason_code"].tolist() == ["wrong_type"]
+    assert result.quarantine["column"].tolist() == ["crp_mg_l"]
+
+
+def test_an_infinite_number_in_a_numeric_column_is_wrong_type(spec, contract, scales) -> None:
+    result = run([record(crp_mg_l=np.inf)], spec, contract, scales)
+    assert result.quarantine["reason_code"].tolist() == ["wrong_type"]
+
+
+@pytest.mark.parametrize(("text", "value"), [(" 12 ", 12.0), ("1.", 1.0), (".5", 0.5), ("+3", 3.0), ("2e0", 2.0)])
+def test_ordinary_number_spellings_parse(spec, contract, scales, text, value) -> None:
+    result = run([as_text(record(crp_mg_l=text))], spec, contract, scales)
+    assert result.quarantine.empty
+    assert result.cohort["crp_mg_l"].iloc[0] == value
+
+
+def test_a_value_gets_the_same_verdict_whatever_else_is_in_its_chunk(spec, contract, scales) -> None:
+    values = ["2", "NaN", "inf", "1e309", "abc", "n/a", "3.5", " ", "-1"]
+    rows = [as_text(record(patient_ref=f"P{i}", crp_mg_l=v)) for i, v in enumerate(values)]
+    together = run(rows, spec, contract, scales)
+    alone = [run([row], spec, contract, scales) for row in rows]
+    verdict_together = dict(zip(together.quarantine["patient_id"], together.quarantine["reason_code"], strict=True))
+    for row, result in zip(rows, alone, strict=True):
+        expected = result.quarantine["reason_code"].tolist()
+        got = [verdict_together[row["patient_ref"]]] if row["patient_ref"] in verdict_together else []
+        assert got == expected, row["crp_mg_l"]
+    assert len(together.quarantine) == 4  # NaN, n/a and " " are missing; inf, 1e309, abc and -1 (range) are not
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("1.0", True), ("0.0", False), ("1", True), (1.0, True), (0.0, False)])
+def test_flags_written_as_whole_number_floats_are_accepted(spec, contract, scales, flag, expected) -> None:
+    result = run([record(suicide_attempt_lifetime=flag)], spec, contract, scales)
+    assert result.quarantine.empty
+    assert bool(result.cohort["lifetime_suicide_attempt"].iloc[0]) is expected
+
+
+def test_a_fractional_flag_is_still_an_unknown_code(spec, contract, scales) -> None:
+    result = run([record(suicide_attempt_lifetime="1.5")], spec, contract, scales)
+    assert result.quarantine["reason_code"].tolist() == ["unknown_code"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# duplicate_order is what picks the winner; per-row scale codes come from the source's config
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_duplicate_order_file_order_keeps_the_first_record_even_if_less_complete(spec, contract, scales) -> None:
+    own = spec.model_copy(update={"duplicate_order": ["file_order"]})
+    rows = [record(patient_ref="A", crp_mg_l=np.nan), record(patient_ref="A", crp_mg_l=5.0)]
+    staged = stage_tabular(pd.DataFrame(rows), own, source_file="export.csv")
+    result = harmonise(staged.rows, rules_from_tabular_spec(own), contract, scales)
+    assert pd.isna(result.cohort.loc[0, "crp_mg_l"])
+    assert result.quarantine.loc[0, "message"] == (
+        "another record of this patient was kept (row 1): the first in file order wins"
+    )
+
+
+def test_duplicate_order_updated_at_first_keeps_the_latest_even_if_less_complete(spec, contract, scales) -> None:
+    own = spec.model_copy(update={"duplicate_order": ["updated_at", "completeness", "file_order"]})
+    rows = [
+        record(patient_ref="A", crp_mg_l=5.0, updated_at="2026-01-01"),
+        record(patient_ref="A", crp_mg_l=np.nan, updated_at="2026-03-01"),
+    ]
+    staged = stage_tabular(pd.DataFrame(rows), own, source_file="export.csv")
+    result = harmonise(staged.rows, rules_from_tabular_spec(own), contract, scales)
+    assert result.source_rows.tolist() == [2]
+    assert result.quarantine.loc[0, "message"].endswith(
+        "the latest updated_at, then the most complete, then the first in file order wins"
+    )
+
+
+def test_the_default_duplicate_order_is_what_the_synthetic_config_declares(spec) -> None:
+    assert spec.effective_duplicate_order() == ["completeness", "updated_at", "file_order"]
+    assert rules_from_tabular_spec(spec).duplicate_order == ("completeness", "updated_at", "file_order")
+
+
+def test_an_unknown_per_row_scale_code_names_the_source_s_codes(spec, contract, scales) -> None:
+    result = run([record(scale="PHQ")], spec, contract, scales)
+    assert result.quarantine.loc[0, "message"] == (
+        "depression scale 'PHQ' is not a scale code of this source (ham-d17, hamd17, hdrs17, madrs, qids, "
+        "qids-sr16, qids_sr16); add it under depression_scores.scale_codes in configs/sources/synthetic.yaml"
+    )
+
+
+@pytest.mark.parametrize("spelling", ["none", "None", " NONE "])
+def test_a_code_of_the_column_wins_over_the_missing_markers(spec, contract, scales, spelling) -> None:
+    """psychotherapy 'none' is a level; in a column without such a code, 'None' stays a missing value."""
+    result = run([as_text(record(psychotherapy=spelling, ptsd="None"))], spec, contract, scales)
+    assert result.quarantine.empty
+    assert result.cohort["psychotherapy"].iloc[0] == "none"
+    assert pd.isna(result.cohort["comorbid_ptsd"].iloc[0])

@@ -8,7 +8,8 @@ source's *raw* values (codes, units and scales as recorded), plus the bookkeepin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -20,6 +21,9 @@ class Staged:
     """What an adapter returns."""
 
     source: str
-    rows: pd.DataFrame  # one row per kept input record (raw values, canonical names, bookkeeping columns)
+    # one row per kept input record (a long export's: per patient), raw values under canonical names, bookkeeping
+    rows: pd.DataFrame
     excluded: pd.DataFrame  # quarantine_frame() rows for records the adapter already set aside
     rows_in: int  # records read from the source's primary table: rows_in == len(rows) + len(excluded)
+    # per file read: raw columns present but mapped to nothing (reported in reports/cleaning.json)
+    unused_columns: Mapping[str, tuple[str, ...]] = field(default_factory=dict, kw_only=True)
