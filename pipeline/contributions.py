@@ -5,14 +5,18 @@ What is explained is the estimator that produces the score before any probabilit
 
 * XGBoost: TreeSHAP through XGBoost's own ``pred_contribs`` (identical to ``shap.TreeExplainer``, anchors §5.4);
 * scikit-learn histogram gradient boosting: ``shap.TreeExplainer`` (path-dependent TreeSHAP);
-* the logistic-regression pipeline: exact linear SHAP. After imputation and standard scaling the training
-  mean of every transformed column is 0, so the interventional SHAP value against the training data is
-  ``coef * z``; imputed values and missingness indicators are credited to the clinical feature they belong to.
+* the logistic-regression pipelines: exact linear SHAP. After the design step and standard scaling the
+  training mean of every transformed column is 0, so the interventional SHAP value against the training data is
+  ``coef * z``; imputed values, missingness indicators and spline terms are credited to the clinical feature they
+  belong to. A declared product ``u * v`` (``logreg_spline``, :mod:`pipeline.design`) is shared between its two
+  features by the exact Shapley split of a two-feature term:
+  ``phi_u = c/2 * [(u * mean(v) - mean(uv)) + (u * v - mean(u) * v)]`` and symmetrically for ``v``.
 
-When the champion is wrapped in a calibrator (sigmoid or isotonic, fitted on out-of-fold scores), the
-calibrator is a monotone map of the explained model's output: it changes the probability scale, not the
-ranking of patients nor the direction in which a feature pushes. Contributions are therefore reported on the
-explained model's log-odds (margin) scale, and every figure says so.
+When the champion is wrapped in a calibrator (:class:`pipeline.calibration.CalibratedModel`, or scikit-learn's
+``CalibratedClassifierCV`` in models saved before it), the calibrator is a monotone map of the explained model's
+log-odds: it changes the probability scale, not the ranking of patients nor the direction in which a feature
+pushes. Contributions are therefore reported on the explained model's log-odds (margin) scale, and every figure
+says so.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
+from pipeline.calibration import CalibratedModel
+from pipeline.design import PRODUCT, SplineDesign
 from pipeline.features import FeatureSpec
 
 SCALE_NOTE = "SHAP values on the log-odds (margin) scale of the explained model"
@@ -43,6 +49,8 @@ class Explained:
 
 def explained_estimator(estimator: Any) -> tuple[Any, str]:
     """The estimator whose log-odds are explained, and how it relates to the reported probability."""
+    if isinstance(estimator, CalibratedModel):
+        return estimator.estimator_, f"{estimator.method} calibration of the explained log-odds (monotone)"
     if isinstance(estimator, CalibratedClassifierCV):
         if len(estimator.calibrated_classifiers_) != 1:
             # ensemble=True averages one calibrated model per fold: no single log-odds produces the score
@@ -56,6 +64,8 @@ def explained_estimator(estimator: Any) -> tuple[Any, str]:
 
 
 def _linear_contributions(pipeline: Pipeline, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if isinstance(pipeline[0], SplineDesign):
+        return _design_contributions(pipeline, X)
     transform, model = pipeline[:-1], pipeline[-1]
     Z = np.asarray(transform.transform(X), dtype="float64")
     names = list(transform.get_feature_names_out(list(X.columns)))
@@ -63,6 +73,27 @@ def _linear_contributions(pipeline: Pipeline, X: pd.DataFrame) -> tuple[np.ndarr
     values = Z * coef  # the scaler centres every column at its training mean, so E_train[z] = 0
     base = np.full(len(X), float(model.intercept_[0]))
     return values, base, [_source_feature(name, X.columns) for name in names]
+
+
+def _design_contributions(pipeline: Pipeline, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Exact SHAP of design -> scale -> logistic: one column per input feature, products split (Shapley)."""
+    design, scaler, model = pipeline[0], pipeline[1], pipeline[-1]
+    D = design.transform(X)
+    weight = model.coef_.ravel() / scaler.scale_  # log-odds per unit of each design column
+    centred = (D - scaler.mean_) * weight
+    values = np.zeros((len(X), X.shape[1]))
+    imputed = np.where(np.isnan(X.to_numpy(dtype="float64")), design.medians_, X.to_numpy(dtype="float64"))
+    for j, term in enumerate(design.terms_):
+        if term[0] != PRODUCT:
+            values[:, term[1]] += centred[:, j]
+            continue
+        a, b = term[1], term[2]
+        u, v = imputed[:, a], imputed[:, b]
+        mean_u, mean_v, mean_uv = design.means_[a], design.means_[b], scaler.mean_[j]
+        values[:, a] += weight[j] * 0.5 * ((u * mean_v - mean_uv) + (u * v - mean_u * v))
+        values[:, b] += weight[j] * 0.5 * ((mean_u * v - mean_uv) + (u * v - u * mean_v))
+    base = np.full(len(X), float(model.intercept_[0]))
+    return values, base, list(X.columns)
 
 
 def _source_feature(transformed: str, inputs: pd.Index) -> str:

@@ -7,13 +7,21 @@ What is measured, all with :mod:`pipeline.metrics`:
    expected on the risk scale), calibration slope with the recalibration intercept, ECE, a binned calibration
    curve with Wilson intervals; for the champion also a threshold table (sensitivity, specificity, PPV, NPV, NNE,
    net benefit) and a decision curve against treat-all and treat-none.
-2. **The oracle**: the synthetic ground truth's true probabilities scored on the same test patients. It bounds
-   what any model could reach. A model that beats it beyond noise (the lower bound of the paired bootstrap
-   interval of model AUROC − oracle AUROC above 0) can only be reading information it should not have, so the
-   stage stops with a :class:`~pipeline.errors.PipelineError` rather than publish leaked performance.
-3. **Subgroups** (sex, age band, route, site, psychotherapy): n, event rate, AUROC, O − E and ratios to overall,
+2. **Two references from the synthetic ground truth**, scored on the same test patients and against the same
+   (cleaned, complete-case) labels as the model: the *generating probability* (``evaluate.oracle``: the true
+   P(outcome | predictors and site), the ceiling of the data-generating process) and the *predictors-only
+   probability* (``evaluate.oracle_predictors``: the site marginalised, the best any model of the task's own
+   predictors can reach). Neither is the exact optimum for the scored labels: cleaning changes a few labels
+   (their agreement with the generator's outcome is reported) and only patients with a known outcome are scored.
+   A model that beats the generating probability beyond noise (the lower bound of the paired bootstrap interval of
+   model AUROC − its AUROC above 0) can only be reading information it should not have, so the stage stops with a
+   :class:`~pipeline.errors.PipelineError` rather than publish leaked performance.
+3. **Internal validation** of the champion on all the training data (Harrell's bootstrap optimism correction,
+   computed by the train stage and copied from ``reports/<task>/cv_metrics.json`` so it sits beside the test
+   split's figures).
+4. **Subgroups** (sex, age band, route, site, psychotherapy): n, event rate, AUROC, O − E and ratios to overall,
    with small-cell suppression.
-4. **External validation** on the real NIMH cohort (ds005917) for tasks whose target it records: discrimination,
+5. **External validation** on the real NIMH cohort (ds005917) for tasks whose target it records: discrimination,
    rank correlation with the continuous MADRS change, calibration-in-the-large, and the saline period as a
    negative control, with a plain-text statement of what 27 patients can and cannot show.
 
@@ -61,6 +69,7 @@ PARAMS_USED = ("base.seed", "tasks.{task}", "evaluate")
 AGE_BAND = "age_band"  # derived subgroup column: age cut at evaluate.subgroups.age_bands
 CHAMPION = "champion"
 ORACLE = "oracle"
+ORACLE_PREDICTORS = "oracle_predictors"
 OUTPUT_FOLDER = "evaluation"  # reports/<task>/evaluation/, the stage's one DVC out
 FIGURE_DPI = 120
 CSV_FLOAT_FORMAT = "%.6g"  # plot data and tables: six significant digits are plenty and keep diffs readable
@@ -73,7 +82,7 @@ CHAMPION_ONLY_INTERVALS = frozenset(
 )
 # How each candidate family (pipeline/train.py make_estimator) treats a missing feature at prediction time.
 TREE_CANDIDATES = {"xgboost": "XGBoost", "hist_gb": "histogram gradient boosting"}
-IMPUTING_CANDIDATES = {"logreg": "logistic regression"}
+IMPUTING_CANDIDATES = {"logreg": "logistic regression", "logreg_spline": "spline logistic regression"}
 # Events below which an external validation is called a sanity check: the usual minimum for validation studies
 # (Vergouwe et al. J Clin Epidemiol 2005; Collins, Ogundimu & Altman, Stat Med 2016; literature.md §7b).
 EXTERNAL_VALIDATION_EVENTS = 100
@@ -138,7 +147,10 @@ class EvaluateParams(Frozen):
     thresholds: tuple[float, ...] = Field(min_length=1, description="Threshold table probabilities.")
     decision_curve: DecisionCurveParams
     subgroups: SubgroupParams
-    oracle: dict[str, str] = Field(description="Task -> truth.parquet column with its true probability.")
+    oracle: dict[str, str] = Field(description="Task -> truth.parquet column: the generating probability.")
+    oracle_predictors: dict[str, str] = Field(
+        default_factory=dict, description="Task -> truth.parquet column: the probability given its predictors only."
+    )
     external: ExternalParams
 
     @model_validator(mode="after")
@@ -335,6 +347,34 @@ def oracle_probabilities(test: pd.DataFrame, truth: pd.DataFrame | None, column:
     return Oracle(column, p)
 
 
+def label_agreement(test: pd.DataFrame, truth: pd.DataFrame | None, target: str) -> dict[str, float]:
+    """How often the analysed (cleaned) label equals the generator's outcome, over the test patients in the truth:
+    scale conversions and rounding in cleaning change a few labels, which no reference probability knows."""
+    if truth is None or target not in truth.columns or "patient_id" not in truth.columns:
+        return {}
+    lookup = pd.Series(
+        truth[target].astype("boolean").to_numpy(), index=truth["patient_id"].astype("string").str.strip().to_numpy()
+    )
+    generated = lookup.reindex(test["patient_id"].astype("string").str.strip().to_numpy())
+    known = generated.notna().to_numpy()
+    if not known.any():
+        return {}
+    analysed = test[target].astype("boolean").to_numpy()[known]
+    agree = analysed == generated.to_numpy()[known]
+    return {"n": int(known.sum()), "agree": float(agree.mean()), "disagree": int((~agree).sum())}
+
+
+def internal_numbers(internal: dict[str, Any] | None) -> dict[str, Any]:
+    """The numbers of the train stage's internal validation (cv_metrics.json), for metrics.json."""
+    if not internal:
+        return {}
+    from pipeline.train import VALIDATED_METRICS  # noqa: PLC0415 (train imports scikit-learn and XGBoost)
+
+    out: dict[str, Any] = {name: dict(internal[name]) for name in VALIDATED_METRICS if name in internal}
+    out |= {k: internal[k] for k in ("repetitions", "repetitions_used", "n", "events") if k in internal}
+    return out
+
+
 def oracle_gaps(
     y: np.ndarray, predictions: dict[str, np.ndarray], oracle_p: np.ndarray, params: EvaluateParams, seed: int
 ) -> dict[str, dict[str, metrics.PairedBootstrapCI]]:
@@ -414,7 +454,10 @@ def subgroup_performance(test: pd.DataFrame, y: np.ndarray, p: np.ndarray, param
 
 
 def _unwrap(estimator: Any) -> Any:
-    """The fitted base estimator inside a CalibratedClassifierCV (ensemble=False keeps exactly one)."""
+    """The fitted base estimator inside a calibrated model (pipeline.calibration, or a CalibratedClassifierCV with
+    ensemble=False in models saved before it)."""
+    if hasattr(estimator, "estimator_") and hasattr(estimator, "calibrator_method_"):
+        return estimator.estimator_
     calibrated = getattr(estimator, "calibrated_classifiers_", None)
     return calibrated[0].estimator if calibrated else estimator
 
@@ -431,9 +474,11 @@ def missing_value_handling(candidate: str, estimator: Any, feature_names: list[s
             ),
         }
     if candidate in IMPUTING_CANDIDATES:
-        imputer = getattr(_unwrap(estimator), "named_steps", {}).get("impute")
-        indicator = getattr(imputer, "indicator_", None)
+        steps = getattr(_unwrap(estimator), "named_steps", {})
+        indicator = getattr(steps.get("impute"), "indicator_", None)
         with_indicator = [feature_names[i] for i in indicator.features_] if indicator is not None else []
+        if "design" in steps:  # pipeline.design.SplineDesign records its indicators among its terms
+            with_indicator = [feature_names[t[1]] for t in steps["design"].terms_ if t[0] == "missing"]
         missing_with_indicator = [name for name in missing if name in with_indicator]
         return {
             "method": "median_imputation_with_indicators",
@@ -453,16 +498,31 @@ def missing_value_handling(candidate: str, estimator: Any, feature_names: list[s
 def _auroc_with_interval(
     y: np.ndarray, p: np.ndarray, params: EvaluateParams, seed: int
 ) -> tuple[dict[str, float], str | None]:
-    """AUROC and, when both classes have at least ``min_events_for_interval`` patients, its bootstrap interval."""
+    """AUROC and, when both classes have at least ``min_events_for_interval`` patients, DeLong's interval (logit
+    scale; it behaves with few events), the stratified bootstrap interval beside it, and the leave-one-out range."""
     events = int(y.sum())
     out = {"n": int(y.size), "events": events, "auroc": metrics.auroc(y, p), "auroc_lower": math.nan}
     out["auroc_upper"] = math.nan
     minimum = params.external.min_events_for_interval
     if min(events, y.size - events) < minimum:
         return out, f"no interval: fewer than {minimum} events or non-events"
+    delong = metrics.delong_ci(y, p, level=params.confidence_level)
     ci = _bootstrap(y, p, metrics.auroc, params, seed, stratify=True)
-    out["auroc_lower"], out["auroc_upper"] = ci.lower, ci.upper
-    return out, None
+    note = None
+    lower, upper = delong.lower, delong.upper
+    if not (math.isfinite(lower) and math.isfinite(upper)):  # AUROC 0 or 1: DeLong's variance is 0
+        lower, upper = ci.lower, ci.upper
+        note = "DeLong's interval is undefined at an AUROC of 0 or 1: the bootstrap interval is shown"
+    out |= {
+        "auroc_lower": lower,
+        "auroc_upper": upper,
+        "auroc_se": delong.se,
+        "auroc_bootstrap_lower": ci.lower,
+        "auroc_bootstrap_upper": ci.upper,
+        "auroc_loo_min": delong.loo_min,
+        "auroc_loo_max": delong.loo_max,
+    }
+    return out, note
 
 
 def _spearman(p: np.ndarray, outcome: np.ndarray, level: float) -> dict[str, float]:
@@ -637,6 +697,12 @@ def external_limitations(
         "few events the size of the effect remains uncertain",
     )  # fmt: skip
     parts.append(f"AUROC {_fmt(numbers['auroc'])} ({_interval(lower, upper, level)}): {auroc_text}.")
+    if math.isfinite(numbers.get("auroc_loo_min", math.nan)):
+        parts.append(
+            f"The estimate is unstable: leaving out any one of the {n} patients moves it between "
+            f"{_fmt(numbers['auroc_loo_min'])} and {_fmt(numbers['auroc_loo_max'])}, and the stratified bootstrap "
+            f"gives {_interval(numbers['auroc_bootstrap_lower'], numbers['auroc_bootstrap_upper'], level)}."
+        )
     if "spearman_rho" in numbers and math.isfinite(numbers["spearman_rho"]):
         rho_text = _reading(
             numbers["spearman_lower"], numbers["spearman_upper"], 0.0,
@@ -718,6 +784,29 @@ def _gap_numbers(gap: dict[str, metrics.PairedBootstrapCI]) -> dict[str, float]:
     }
 
 
+def predictors_reference(
+    y: np.ndarray, predictions: dict[str, np.ndarray], reference: Oracle, *, champion: str, params: EvaluateParams,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:  # fmt: skip
+    """The predictors-only probability's performance and the champion's paired gap to it (for metrics.json), and
+    each candidate's AUROC gap (for its row of ``test.candidates``); empty when the reference is unavailable."""
+    if reference.p is None:
+        return {}, {}
+    names = [CHAMPION, *(name for name in predictions if name not in (CHAMPION, champion))]
+    gaps = oracle_gaps(y, {name: predictions[name] for name in names}, reference.p, params, seed)
+    gaps[champion] = gaps[CHAMPION]
+    numbers = {
+        ORACLE_PREDICTORS: model_performance(y, reference.p, params, seed, intervals_for_all=True),
+        "gap_predictors": _gap_numbers(gaps[CHAMPION]),
+    }
+    by_candidate = {
+        name: {f"predictors_gap_{k}": v for k, v in _gap_numbers(gap).items() if k.startswith("auroc")}
+        for name, gap in gaps.items()
+        if name != CHAMPION
+    }
+    return numbers, by_candidate
+
+
 def evaluate_task(
     task_name: str,
     task: TaskSpec,
@@ -729,6 +818,7 @@ def evaluate_task(
     cohort: pd.DataFrame,
     params: EvaluateParams,
     seed: int,
+    internal: dict[str, Any] | None = None,
 ) -> Evaluation:
     """Pure core of the stage: test-split performance, the oracle and the leakage check, subgroups, external."""
     _check_models(task, champion, candidates)
@@ -740,6 +830,7 @@ def evaluate_task(
     champion_p = predictions[CHAMPION]
 
     oracle = oracle_probabilities(test, truth, params.oracle.get(task_name))
+    reachable = oracle_probabilities(test, truth, params.oracle_predictors.get(task_name))
     gaps = {}
     if oracle.available:
         gaps = oracle_gaps(y, predictions, oracle.p, params, seed)
@@ -759,13 +850,21 @@ def evaluate_task(
             numbers |= {f"oracle_gap_{k}": v for k, v in _gap_numbers(gaps[name]).items() if k.startswith("auroc")}
         candidate_numbers[name] = numbers
     test_numbers["candidates"] = candidate_numbers
-    result: dict[str, Any] = {"test": test_numbers}
+    result: dict[str, Any] = {"test": test_numbers} | (
+        {"internal_validation": internal_numbers(internal)} if internal else {}
+    )
 
     curve_models = {CHAMPION: champion_p, **{name: predictions[name] for name in candidates}}
     if oracle.available:
         curve_models[ORACLE] = oracle.p
         result["oracle"] = model_performance(y, oracle.p, params, seed, intervals_for_all=True)
         result["gap"] = _gap_numbers(gaps[CHAMPION])
+    reference_numbers, reference_gaps = predictors_reference(
+        y, predictions, reachable, champion=champion.info.candidate, params=params, seed=seed
+    )
+    result |= reference_numbers | ({"labels": labels} if (labels := label_agreement(test, truth, task.target)) else {})
+    for name, numbers in reference_gaps.items():
+        candidate_numbers[name] |= numbers
 
     ext_numbers, ext_report = external_validation(cohort, champion, params, seed)
     if ext_numbers:
@@ -809,8 +908,11 @@ def evaluate_task(
             "discrimination": "percentile bootstrap, events and non-events resampled separately",
             "brier": "percentile bootstrap, patients resampled as a whole",
             "calibration_in_the_large_and_slope": "Wald, model-based standard errors of the recalibration fit",
-            "external_auroc": "percentile bootstrap, only with at least "
+            "external_auroc": "DeLong standard error, interval on the logit scale (stratified percentile bootstrap "
+            "and the leave-one-out range beside it), only with at least "
             f"{params.external.min_events_for_interval} events and non-events",
+            "internal_validation": "Harrell bootstrap optimism correction of the champion's fitting procedure on the "
+            "training split; location-shifted percentile interval (Noma et al. 2021)",
             "spearman": "Fisher z with the Bonett-Wright standard error",
         },
         "definitions": {
@@ -819,7 +921,26 @@ def evaluate_task(
             "calibration_slope": "b in logit P(y=1) = a + b logit(p); 1 is ideal, < 1 predictions too extreme",
             "recalibration_intercept": "a in that two-parameter model",
             "ece": f"expected calibration error over {params.ece_bins} equal-width bins",
-            "gap": "champion minus oracle, paired bootstrap on the same test patients",
+            "gap": "champion minus the generating probability, paired bootstrap on the same test patients",
+            "gap_predictors": "champion minus the predictors-only probability, paired bootstrap",
+            "oracle": "the generating probability: P(outcome | the task's predictors and the site) under the "
+            "generator, the ceiling of the data-generating process (the site is not a predictor)",
+            "oracle_predictors": "the predictors-only probability: the generating probability with the site "
+            "marginalised over P(site | age, route, psychotherapy[, 24-h MADRS]), the best a model of the task's "
+            "own predictors can reach",
+            "labels": "agreement of the analysed (cleaned) label with the generator's outcome on the test patients",
+            "internal_validation": "apparent = the shipped model on its training split; optimism = mean over "
+            "bootstrap refits of (performance on the bootstrap sample - on the training split); corrected = "
+            "apparent - optimism",
+        },
+        "internal_validation": {
+            "available": bool(internal),
+            **({"method": internal.get("method"), "repetitions": internal.get("repetitions")} if internal else {}),
+        },
+        ORACLE_PREDICTORS: {
+            "available": reachable.available,
+            "column": reachable.column,
+            **({"reason": reachable.reason} if not reachable.available else {}),
         },
         "oracle": {
             "available": oracle.available,
@@ -1009,7 +1130,7 @@ def roc_figure(evaluation: Evaluation) -> Any:
         axes.plot(points["fpr"], points["tpr"], linewidth=0.8, alpha=0.6, label=label)
     if oracle is not None:
         points = evaluation.curves["roc"][ORACLE]
-        label = f"oracle (true probabilities): {_ci_label(oracle, 'auroc')}"
+        label = f"generating probability (oracle; knows the site): {_ci_label(oracle, 'auroc')}"
         axes.plot(points["fpr"], points["tpr"], color="black", linestyle="--", label=label)
     points = evaluation.curves["roc"][CHAMPION]
     label = f"champion ({champion}): {_ci_label(test, 'auroc')}"
@@ -1129,6 +1250,8 @@ def main(task_name: str) -> None:
     truth_path = paths.synthetic_dir / "truth.parquet"
     truth = read_parquet(truth_path, "synthetic ground truth") if truth_path.is_file() else None
     cohort = contract.coerce(read_parquet(paths.interim_dir / "cohort.parquet", "clean cohort"))
+    cv_path = paths.reports_dir / task_name / "cv_metrics.json"
+    internal = json.loads(cv_path.read_text(encoding="utf-8")).get("internal_validation") if cv_path.is_file() else None
 
     evaluation = evaluate_task(
         task_name,
@@ -1140,6 +1263,7 @@ def main(task_name: str) -> None:
         cohort=cohort,
         params=params,
         seed=seed,
+        internal=internal,
     )
     folder = paths.reports_dir / task_name / OUTPUT_FOLDER
     write_outputs(evaluation, folder)

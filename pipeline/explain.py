@@ -14,14 +14,19 @@ Checks that the explanations are right:
 
 1. **Additivity**, for every test row: base value + SHAP values = the model's own margin. A violation stops the
    stage before anything is written (a wrong explanation is worse than none).
-2. **Fidelity to the planted truth** (synthetic cohort, ``data/raw/synthetic/planted_effects.json``), reported as
-   metrics: Spearman rank agreement between the planted importance (the true model's mean |SHAP| per feature)
-   and the champion's mean |SHAP|; the sign of each planted predictor's dependence (value vs SHAP for numbers and
-   flags, each level against the reference level for categories); where the features with no planted effect
-   (noise) rank. Only features the planted truth covers are compared: features outside it (the first-dose
-   markers of ``course_early``) and features listed in ``explain.fidelity_exclude`` are reported, not scored.
-   The reference is exact when the outcome's log-odds are exactly linear in the planted terms and the model sees
-   no feature outside them; otherwise (``course_early``) it is approximate, and ``explanation.json`` says so.
+2. **Fidelity to the planted truth** (synthetic cohort), reported as metrics. The generator knows every
+   patient's true contribution per feature to the true log-odds (its exact SHAP value,
+   ``data/raw/synthetic/true_contributions.parquet``), so the champion's SHAP values are compared with it patient
+   by patient on the same log-odds scale: per planted feature, the correlation across test patients between the
+   SHAP value and the true contribution; over planted features only, the rank agreement of mean |SHAP| with mean
+   |true contribution|; and the share of the model's total mean |SHAP| that lands on features with no planted
+   effect (noise). Also: the sign of each planted predictor's dependence (value vs SHAP for numbers and flags,
+   each level against the reference level for categories) and where the noise features rank. Only features the
+   planted truth covers are compared: features outside it (the first-dose markers of ``course_early``) and
+   features listed in ``explain.fidelity_exclude`` are reported, not scored. The reference is exact when the
+   outcome's log-odds are exactly linear in the planted terms and the model sees no feature outside them;
+   otherwise (``course_early``, whose model also sees the 24-h MADRS) it is approximate, and
+   ``explanation.json`` says so.
 
 Outputs: ``reports/<task>/explain/`` (fidelity.json = DVC metrics, explanation.json, importance.csv,
 sign_checks.csv, figures/*.png; identifier-free: example patients are named by their 0-based row number in the
@@ -64,6 +69,8 @@ OUTPUT_FOLDER = "explain"  # reports/<task>/explain/, the stage's identifier-fre
 PER_PATIENT_FOLDER = Path("data") / "explanations"  # data/explanations/<task>/, the out with patient ids
 PER_PATIENT_FILE = "shap.parquet"
 PLANTED_EFFECTS_FILE = "planted_effects.json"
+TRUE_CONTRIBUTIONS_FILE = "true_contributions.parquet"
+CONTRIBUTION_SEPARATOR = "."  # true_contributions.parquet columns: "<outcome>.<canonical feature>"
 SYNTHETIC_COHORT = "synthetic"
 SHAP_PREFIX = "shap_"  # per-patient value columns: shap_<canonical feature>
 LOG_ODDS = "SHAP value (log-odds)"  # every figure carries this phrase in a title or an axis label
@@ -131,6 +138,8 @@ class PlantedReference:
 
     truth: PlantedTruth | None
     reason: str | None = None
+    # per test row (positional), each planted feature's true contribution to the log-odds; None: not available
+    true_values: pd.DataFrame | None = None
 
 
 def read_planted_effects(path: Path) -> dict[str, Any] | None:
@@ -194,8 +203,31 @@ def parse_planted_truth(effects: dict[str, Any], outcome: str, *, file: Path | s
     return PlantedTruth(outcome=outcome, exact=exact, terms=terms, importance=importance, interactions=interactions)
 
 
+def true_values_of(contributions: pd.DataFrame, test: pd.DataFrame, outcome: str, *, file: Path | str) -> pd.DataFrame:
+    """Each test patient's true contribution per planted feature (positional rows; no column: planted 0)."""
+    prefix = f"{outcome}{CONTRIBUTION_SEPARATOR}"
+    columns = [c for c in contributions.columns if c.startswith(prefix)]
+    table = contributions.set_index(contributions["patient_id"].astype("string").str.strip())[columns]
+    ids = test["patient_id"].astype("string").str.strip().to_numpy()
+    missing = int((~pd.Index(ids).isin(table.index)).sum())
+    if missing:
+        raise PipelineError(
+            f"{missing} test patients have no true contributions",
+            file=file,
+            hint="the test split and the synthetic truth come from different runs: dvc repro synthesize clean split",
+        )
+    out = table.loc[ids].reset_index(drop=True)
+    out.columns = [c.removeprefix(prefix) for c in columns]
+    return out.astype("float64")
+
+
 def planted_reference(
-    effects: dict[str, Any] | None, test: pd.DataFrame, outcome: str, *, file: Path | str
+    effects: dict[str, Any] | None,
+    test: pd.DataFrame,
+    outcome: str,
+    *,
+    file: Path | str,
+    contributions: pd.DataFrame | None = None,
 ) -> PlantedReference:
     """Which truth applies to the test patients.
 
@@ -219,7 +251,11 @@ def planted_reference(
     parsed = parse_planted_truth(effects, outcome, file=file)
     if isinstance(parsed, str):
         return PlantedReference(None, f"fidelity unavailable: {parsed}")
-    return PlantedReference(parsed)
+    has_columns = contributions is not None and any(
+        c.startswith(f"{outcome}{CONTRIBUTION_SEPARATOR}") for c in contributions.columns
+    )
+    true_values = true_values_of(contributions, test, outcome, file=file) if has_columns else None
+    return PlantedReference(parsed, true_values=true_values)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -423,6 +459,41 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation across patients; 0 when the model gives the feature no variation (it ignores it)."""
+    if np.ptp(b) == 0:
+        return math.nan
+    if np.ptp(a) == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def patient_level_fidelity(values: pd.DataFrame, true_values: pd.DataFrame, planted: list[str]) -> dict[str, Any]:
+    """SHAP values against the true per-patient contributions on the log-odds scale.
+
+    ``patient_correlation``: per planted feature, Pearson's r across patients between the SHAP value and the true
+    contribution (1: the model spreads patients exactly as the truth does, up to scale); ``rank_spearman_true``:
+    over planted features only, Spearman's rho between mean |SHAP| and mean |true contribution| on the same
+    patients.
+    """
+    correlations = {
+        name: _pearson(
+            values[name].to_numpy(dtype="float64"),
+            true_values[name].to_numpy(dtype="float64") if name in true_values else np.zeros(len(values)),
+        )
+        for name in planted
+    }
+    finite = np.array([r for r in correlations.values() if math.isfinite(r)])
+    model = values[planted].abs().mean(axis=0).to_numpy()
+    truth = np.array([true_values[n].abs().mean() if n in true_values else 0.0 for n in planted])
+    return {
+        "patient_correlation": correlations,
+        "patient_correlation_median": float(np.median(finite)) if finite.size else math.nan,
+        "patient_correlation_min": float(finite.min()) if finite.size else math.nan,
+        "rank_spearman_true": _spearman(truth, model),
+    }
+
+
 def _reference_note(*, exact: bool, truth: PlantedTruth, not_covered: list[str], excluded: list[str]) -> str:
     if exact:
         return (
@@ -446,8 +517,10 @@ def fidelity_checks(
     *,
     exclude: tuple[str, ...] = (),
     min_rows: int = 20,
+    true_values: pd.DataFrame | None = None,
 ) -> Fidelity:
-    """Rank agreement, signs and noise placement of the explanations, over the features the truth covers."""
+    """Patient-level agreement with the true contributions (when given), signs and noise placement of the
+    explanations, over the features the truth covers."""
     model_importance = values.abs().mean(axis=0)
     roles = []
     for name in spec.input_columns:
@@ -480,20 +553,28 @@ def fidelity_checks(
     checked = signs[signs["skipped"] == ""]
     noise_model, effect_model = model[~is_effect], model[is_effect]
     noise_ranks = table.loc[compared & (table["fidelity_role"] == ROLE_NOISE).to_numpy(), "model_rank"]
-    total = float(model.sum())
+    noise_names = table.loc[compared & (table["fidelity_role"] == ROLE_NOISE).to_numpy(), "feature"].tolist()
+    if true_values is not None:
+        # on the test patients; a covered feature without a column has no planted effect (0)
+        covered = [name in truth.importance for name in table["feature"]]
+        table["true_mean_abs_contribution"] = [
+            float(true_values[name].abs().mean()) if name in true_values else (0.0 if inside else math.nan)
+            for name, inside in zip(table["feature"], covered, strict=True)
+        ]
+    patient_level = patient_level_fidelity(values, true_values, effect_names) if true_values is not None else {}
+    total = float(model_importance.sum())  # every feature the model sees, compared or not
     metrics = {
         "n_features": int(compared.sum()),
         "n_planted": int(is_effect.sum()),
         "n_noise": int((~is_effect).sum()),
-        "rank_spearman": _spearman(planted, model),
-        "rank_spearman_planted_only": _spearman(planted[is_effect], effect_model),
+        **patient_level,
         "sign_checked": len(checked),
         "sign_agree": int(checked["agrees"].sum()),
         "sign_agreement": float(checked["agrees"].mean()) if len(checked) else math.nan,
         "noise_separation": _separation(effect_model, noise_model),
         "noise_best_rank": int(noise_ranks.min()) if len(noise_ranks) else math.nan,
         "noise_above_a_planted": int((noise_model > effect_model.min()).sum()) if effect_model.size else 0,
-        "noise_share": float(noise_model.sum() / total) if total > 0 else math.nan,
+        "noise_share": float(model_importance[noise_names].sum() / total) if total > 0 else math.nan,
         "importance_scale_ratio": float(effect_model.sum() / planted[is_effect].sum()) if is_effect.any() else math.nan,
     }
     not_covered = table.loc[table["fidelity_role"] == ROLE_NOT_COVERED, "feature"].tolist()
@@ -516,10 +597,19 @@ def fidelity_checks(
             key: {"planted_mean_abs_contribution": value, "split": "evenly between its features"}
             for key, value in truth.interactions.items()
         },
+        "true_contributions": "available"
+        if true_values is not None
+        else "not available (no true_contributions file for this outcome): the patient-level measures are not computed",
         "definitions": {
-            "rank_spearman": "Spearman rho between planted and model mean |SHAP| over the compared features "
-            "(noise features at planted 0, tied)",
-            "rank_spearman_planted_only": "the same over features with a planted effect only",
+            "patient_correlation": "per planted feature, Pearson r across test patients between its SHAP value and "
+            "its true contribution to the log-odds (the generator's exact SHAP value); 0 when the model ignores "
+            "the feature",
+            "patient_correlation_median": "median of patient_correlation over planted features",
+            "patient_correlation_min": "smallest patient_correlation over planted features",
+            "rank_spearman_true": "Spearman rho, over planted features only, between the model's mean |SHAP| and the "
+            "mean |true contribution| on the same test patients",
+            "noise_share": "share of the model's summed mean |SHAP| over every feature it sees that goes to "
+            "features with no planted effect",
             "sign_agreement": "share of sign checks (sign_checks.csv) where the model's dependence has the "
             "planted sign; a feature the model never uses counts as disagreeing",
             "noise_separation": "P(a planted feature's mean |SHAP| exceeds a noise feature's), ties 1/2; 1 = "
@@ -527,7 +617,6 @@ def fidelity_checks(
             "noise_best_rank": "best (smallest) model rank of a noise feature among the compared features; "
             "n_planted + 1 when all noise is at the bottom",
             "noise_above_a_planted": "noise features with a larger mean |SHAP| than the weakest planted feature",
-            "noise_share": "share of the model's summed mean |SHAP| (compared features) that goes to noise",
             "importance_scale_ratio": "model / planted summed mean |SHAP| over planted features (< 1: attenuated, "
             "by regularisation or because other features carry the effect)",
         },
@@ -544,8 +633,12 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
     """What turns the explained log-odds into the reported probability, in words and, where linear, numbers."""
     from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
 
+    from pipeline.calibration import CalibratedModel  # noqa: PLC0415
+
     model, note = explained_estimator(estimator)
     explained = {"explained_model": type(model).__name__, "note": note}
+    if isinstance(estimator, CalibratedModel):
+        return explained | _own_calibrator_map(estimator.calibrator)
     if not isinstance(estimator, CalibratedClassifierCV):
         return explained | {
             "calibration": "none",
@@ -583,6 +676,28 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
         "calibrator_input": "log-odds" if reads_log_odds else "probability",
         "description": f"reported probability = a monotone step function (isotonic) of {reads}: directions and the "
         "ranking of patients are preserved (up to ties), sizes are those of the model before calibration",
+    }
+
+
+def _own_calibrator_map(calibrator: dict[str, Any]) -> dict[str, Any]:
+    """pipeline.calibration's calibrators all read the explained log-odds."""
+    if calibrator["method"] == "sigmoid":
+        slope, intercept = float(calibrator["slope"]), float(calibrator["intercept"])
+        return {
+            "calibration": "sigmoid",
+            "calibrator_input": "log-odds",
+            "slope": slope,
+            "intercept": intercept,
+            "description": f"reported probability = sigmoid({slope:.4g} × explained log-odds {intercept:+.4g}): "
+            f"multiply a SHAP value by {slope:.4g} to read it on the calibrated log-odds scale; directions and "
+            "the ranking of patients are unchanged",
+        }
+    return {
+        "calibration": str(calibrator["method"]),
+        "calibrator_input": "log-odds",
+        "description": "reported probability = a non-decreasing piecewise-linear (isotonic) function of the "
+        "explained log-odds: directions and the ranking of patients are preserved (up to ties), sizes are those "
+        "of the model before calibration",
     }
 
 
@@ -683,12 +798,12 @@ def explain_task(
     fidelity = None
     if reference.truth is not None:
         fidelity = fidelity_checks(
-            values, features, spec, reference.truth, exclude=exclude, min_rows=params.sign_min_rows
-        )
+            values, features, spec, reference.truth, exclude=exclude, min_rows=params.sign_min_rows,
+            true_values=reference.true_values,
+        )  # fmt: skip
         planted = fidelity.roles.set_index("feature")
-        importance = importance.join(
-            planted[["fidelity_role", "planted_mean_abs_shap", "planted_rank"]], on="feature", how="left"
-        )
+        joined = ["fidelity_role", "planted_mean_abs_shap", "planted_rank", "true_mean_abs_contribution"]
+        importance = importance.join(planted[[c for c in joined if c in planted]], on="feature", how="left")
 
     sample_rng, example_rng = np.random.default_rng(seed).spawn(2)
     sample = figure_sample(len(test), params.figure_rows, sample_rng)
@@ -971,6 +1086,10 @@ def fidelity_figure(result: Explanation) -> Any:
         ["is_noise", "planted_mean_abs_shap", "mean_abs_shap"], ascending=[True, False, False], kind="stable"
     )
     metrics = result.fidelity.metrics
+    # the truth on the same test patients when the generator wrote it, else the planted (whole-cohort) importance
+    reference_column = (
+        "true_mean_abs_contribution" if "true_mean_abs_contribution" in compared else "planted_mean_abs_shap"
+    )
     figure = _new_figure(7.0, 0.3 * len(compared) + 1.8)
     axes = figure.subplots()
     position = np.arange(len(compared))[::-1]
@@ -978,17 +1097,23 @@ def fidelity_figure(result: Explanation) -> Any:
     axes.hlines(position, 0, compared["mean_abs_shap"], color=np.where(noise, "lightgrey", "lightsteelblue"))
     axes.scatter(compared["mean_abs_shap"], position, color=np.where(noise, "grey", "C0"), zorder=3,
                  label="model (test split)")  # fmt: skip
-    axes.scatter(compared["planted_mean_abs_shap"], position, facecolors="none", edgecolors="black", zorder=4,
-                 label="planted (true model)")  # fmt: skip
+    axes.scatter(compared[reference_column], position, facecolors="none", edgecolors="black", zorder=4,
+                 label="true contributions (generator)")  # fmt: skip
     names = compared["feature"].tolist()
     labels = [f"{name} (noise)" if is_noise else name for name, is_noise in zip(names, noise, strict=True)]
     axes.set_yticks(position, labels, fontsize=8)
     axes.set_xlim(left=0)
     axes.set_xlabel(f"mean |{LOG_ODDS}|")
     reference = result.fidelity.report["reference"]
+    patient_level = (
+        f"patient r median {metrics['patient_correlation_median']:.2f}, rank rho {metrics['rank_spearman_true']:.2f}, "
+        if "patient_correlation_median" in metrics
+        else ""
+    )
     axes.set_title(
-        f"{_title(result)}\nfidelity to the planted truth ({reference}): Spearman {metrics['rank_spearman']:.2f}, "
-        f"signs {metrics['sign_agree']}/{metrics['sign_checked']}, noise separation {metrics['noise_separation']:.2f}",
+        f"{_title(result)}\nfidelity to the planted truth ({reference}): {patient_level}"
+        f"signs {metrics['sign_agree']}/{metrics['sign_checked']}, "
+        f"noise share {metrics.get('noise_share', math.nan):.2f}",
         fontsize=9,
     )
     axes.legend(fontsize=8, loc="lower right")
@@ -1107,7 +1232,11 @@ def main(task_name: str) -> None:
     test = contract.coerce(read_parquet(paths.processed_dir / task_name / "test.parquet", "test split"))
     champion = load_bundle(paths.models_dir / task_name)
     planted_path = paths.synthetic_dir / PLANTED_EFFECTS_FILE
-    reference = planted_reference(read_planted_effects(planted_path), test, task.target, file=planted_path)
+    contributions_path = paths.synthetic_dir / TRUE_CONTRIBUTIONS_FILE
+    contributions = read_parquet(contributions_path, "true contributions") if contributions_path.is_file() else None
+    reference = planted_reference(
+        read_planted_effects(planted_path), test, task.target, file=planted_path, contributions=contributions
+    )
 
     result = explain_task(task_name, task, test, champion=champion, reference=reference, params=params, seed=seed)
     folder = paths.reports_dir / task_name / OUTPUT_FOLDER
@@ -1116,11 +1245,12 @@ def main(task_name: str) -> None:
     fidelity = result.metrics.get("fidelity")
     if fidelity:
         log.info(
-            "%s: %d rows explained (additivity error %.2g); fidelity: Spearman %.2f, signs %d/%d, noise "
-            "separation %.2f; written to %s",
+            "%s: %d rows explained (additivity error %.2g); fidelity: patient-level r median %.2f (min %.2f), rank "
+            "rho %.2f over planted features, noise share %.3f, signs %d/%d; written to %s",
             task_name, result.metrics["n_explained"], result.metrics["additivity"]["max_abs_error"],
-            fidelity["rank_spearman"], fidelity["sign_agree"], fidelity["sign_checked"],
-            fidelity["noise_separation"], folder.relative_to(paths.root),
+            fidelity.get("patient_correlation_median", math.nan), fidelity.get("patient_correlation_min", math.nan),
+            fidelity.get("rank_spearman_true", math.nan), fidelity.get("noise_share", math.nan),
+            fidelity["sign_agree"], fidelity["sign_checked"], folder.relative_to(paths.root),
         )  # fmt: skip
     from pipeline.evaluate import json_ready  # noqa: PLC0415
 

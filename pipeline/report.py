@@ -91,12 +91,16 @@ EXPLAIN_FIGURES = ("importance_bar.png", "beeswarm.png", "fidelity.png")
 # how each candidate family of pipeline/train.py (make_estimator) is named and handles a missing predictor
 CANDIDATE_NAMES = {
     "logreg": "L2-penalised logistic regression",
+    "logreg_spline": "L2-penalised logistic regression on restricted cubic splines with declared products",
     "xgboost": "gradient-boosted trees (XGBoost)",
     "hist_gb": "histogram gradient boosting (scikit-learn)",
 }
 MISSING_HANDLING = {
     "logreg": "replaces a missing predictor by its training-split median and adds a missingness indicator for each "
     "predictor that had missing values in training, then standardises every column",
+    "logreg_spline": "replaces a missing predictor by its training-split median (before the spline and product terms) "
+    "and adds a missingness indicator for each predictor that had missing values in training, then standardises "
+    "every column",
     "xgboost": "handles missing values natively: at every split a missing value follows the default branch learned "
     "in training; nothing is imputed",
     "hist_gb": "handles missing values natively: at every split a missing value follows the branch learned in "
@@ -615,6 +619,24 @@ def discrimination_reading(inputs: CardInputs) -> str:
 
 
 def oracle_reading(inputs: CardInputs) -> str:
+    """Against the predictors-only reference (what these predictors allow) when there is one, else the
+    generating probability."""
+    if get(inputs.metrics, "gap_predictors") is not None:
+        return interval_reading(
+            get(inputs.metrics, "gap_predictors.auroc_lower"),
+            get(inputs.metrics, "gap_predictors.auroc_upper"),
+            0.0,
+            below="the champion ranks patients less well than the predictors-only reference (the best probability "
+            "these predictors allow): the paired interval of the AUROC difference lies below 0, so the predictors "
+            "hold information this model misses",
+            inside="the champion cannot be distinguished from the predictors-only reference (the best probability "
+            "these predictors allow): the paired interval of the AUROC difference includes 0, so little is left to "
+            "gain from these predictors",
+            above="the champion ranks patients better than the predictors-only reference beyond noise: possible only "
+            "through information the reference lacks (cleaned labels differ from the generator's for a few patients, "
+            "and only patients with a known outcome are scored) or through leakage",
+            missing="the difference from the predictors-only reference has no interval",
+        )
     if get(inputs.metrics, "gap") is None:
         reason = lookup(inputs.evaluation.data, "oracle.reason") or "the oracle was unavailable"
         return f"no comparison with the oracle: {reason}"
@@ -622,13 +644,44 @@ def oracle_reading(inputs: CardInputs) -> str:
         get(inputs.metrics, "gap.auroc_lower"),
         get(inputs.metrics, "gap.auroc_upper"),
         0.0,
-        below="the champion ranks patients less well than the oracle (the generator's true probabilities): the "
-        "paired interval of the AUROC difference lies below 0, so the predictors hold information this model misses",
-        inside="the champion cannot be distinguished from the oracle (the generator's true probabilities): the "
-        "paired interval of the AUROC difference includes 0, so little is left to gain from these predictors",
-        above="the champion ranks patients better than the oracle beyond noise, which only leakage can explain",
+        below="the champion ranks patients less well than the generating probability (which also knows the site): "
+        "the paired interval of the AUROC difference lies below 0",
+        inside="the champion cannot be distinguished from the generating probability: the paired interval of the "
+        "AUROC difference includes 0",
+        above="the champion ranks patients better than the generating probability beyond noise, which only leakage "
+        "can explain",
         missing="the difference from the oracle has no interval",
     )
+
+
+def internal_reading(inputs: CardInputs) -> str:
+    """What the optimism-corrected figures say, in words, and how the held-out split compares."""
+    m = inputs.metrics
+    if get(m, "internal_validation.auroc") is None:
+        return "no internal validation of the whole development sample is recorded"
+    slope = interval_reading(
+        get(m, "internal_validation.calibration_slope.corrected_lower"),
+        get(m, "internal_validation.calibration_slope.corrected_upper"),
+        1.0,
+        below="its calibration slope interval lies below 1 (predictions too extreme once optimism is removed)",
+        inside="its calibration slope interval includes 1",
+        above="its calibration slope interval lies above 1 (predictions too moderate)",
+        missing="its calibration slope has no interval",
+    )
+    corrected = get(m, "internal_validation.auroc.corrected")
+    lower, upper = get(m, "test.auroc_lower"), get(m, "test.auroc_upper")
+    agreement = (
+        "the held-out AUROC interval contains the optimism-corrected AUROC"
+        if all(_finite(v) for v in (corrected, lower, upper)) and float(lower) <= float(corrected) <= float(upper)
+        else "the held-out AUROC interval does not contain the optimism-corrected AUROC: one held-out split is noisy, "
+        "and the bootstrap may under-correct a flexible model"
+    )
+    return (
+        "the optimism-corrected AUROC interval "
+        + ("lies above 0.5" if _finite(get(m, "internal_validation.auroc.corrected_lower"))
+           and float(get(m, "internal_validation.auroc.corrected_lower")) > 0.5 else "includes 0.5")
+        + f"; {slope}; {agreement}"
+    )  # fmt: skip
 
 
 def selection_reading(inputs: CardInputs) -> str:
@@ -773,7 +826,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("sample_size", "Sample size (Riley criteria)"),
     ("missing", "Missing data"),
     ("model", "Model specification and tuning"),
-    ("performance", "Discrimination and calibration against the oracle"),
+    ("performance", "Internal validation, discrimination and calibration against the references"),
     ("decision", "Decision curve and thresholds"),
     ("subgroups", "Subgroups"),
     ("external", "External validation and negative control"),
@@ -867,24 +920,51 @@ def identity_section(inputs: CardInputs) -> list[Block]:
     return blocks
 
 
+# the optimism-corrected measures, in the order the card shows them: key, label, decimals
+VALIDATED_ROWS = (
+    ("auroc", "AUROC", 3),
+    ("calibration_slope", "calibration slope", 2),
+    ("calibration_in_the_large", "calibration-in-the-large (log-odds)", 2),
+    ("brier", "Brier score", 3),
+)
+
+
 def summary_section(inputs: CardInputs) -> list[Block]:
     m, cv = inputs.metrics, inputs.cv
     table = KeyedTable("measure", inputs.level)
-    table.number("training patients", cv, "n_train", 0)
+    table.number("training patients (development data)", cv, "n_train", 0)
     table.number("training responders", cv, "events_train", 0)
+    internal = get(m, "internal_validation") is not None
+    for key, label, digits in VALIDATED_ROWS:
+        if internal:
+            table.number(
+                f"{label}, optimism-corrected (bootstrap, all training patients)",
+                m, f"internal_validation.{key}.corrected", digits, interval=True,
+            )  # fmt: skip
+        table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
     table.number("test patients", m, "test.n", 0)
     table.number("test responders", m, "test.events", 0)
-    table.number("AUROC, test split", m, "test.auroc", 3, interval=True)
     if get(m, "oracle") is not None:
-        table.number("AUROC of the oracle (true probabilities), same patients", m, "oracle.auroc", 3, interval=True)
-        table.number("AUROC difference, champion − oracle (paired)", m, "gap.auroc", 3, interval=True)
-    table.number("calibration slope, test split", m, "test.calibration_slope", 2, interval=True)
-    table.number("calibration-in-the-large, test split", m, "test.calibration_in_the_large", 2, interval=True)
+        table.number(
+            "AUROC of the generating probability (ceiling; knows the site), same test patients",
+            m, "oracle.auroc", 3, interval=True,
+        )  # fmt: skip
+    if get(m, "oracle_predictors") is not None:
+        table.number(
+            "AUROC of the predictors-only probability (best these predictors allow), same test patients",
+            m, "oracle_predictors.auroc", 3, interval=True,
+        )  # fmt: skip
+        table.number(
+            "AUROC difference, champion − predictors-only (paired)", m, "gap_predictors.auroc", 3, interval=True
+        )
+    if get(m, "oracle") is not None:
+        table.number("AUROC difference, champion − generating probability (paired)", m, "gap.auroc", 3, interval=True)
     if get(m, "external") is not None:
         table.number(f"external patients ({EXTERNAL_COHORT})", m, "external.n", 0)
         table.number("external responders", m, "external.events", 0)
         table.number("AUROC, external", m, "external.auroc", 3, interval=True)
     readings = (
+        plain(sentence(internal_reading(inputs)) + "."),
         plain(sentence(discrimination_reading(inputs)) + "."),
         plain(sentence(oracle_reading(inputs)) + "."),
         plain(sentence(calibration_reading(inputs)) + "."),
@@ -900,9 +980,15 @@ def summary_section(inputs: CardInputs) -> list[Block]:
             f"{sentence(candidate_name(inputs.champion))} predicting `{inputs.task_spec.target}` "
             f"({lit(inputs.target.description.rstrip('.'))}) at the prediction time "
             f"`{inputs.task_spec.prediction_time}`. "
-            "Developed on the synthetic training split, tested on the held-out synthetic test split, and compared "
-            "with the oracle: the generator's true probabilities for the same patients, the best any model of these "
-            "predictors could do."
+            "**Two validations, led by the one that uses all development data.** (1) Internal validation: the "
+            "champion's whole fitting procedure (fixed hyperparameters, calibrator refitted out of fold) is repeated "
+            "on bootstrap samples of the training split and the optimism it shows is subtracted from the shipped "
+            "model's apparent performance (Harrell); this uses every development patient, so it is the more precise "
+            "estimate. (2) Held-out test split: the shipped model on the held-out patients it never saw; honest "
+            "but noisy, since one split is one draw. **Two references** from the generator, scored on the same test "
+            "patients and labels: the generating probability (the true probability given the predictors and the "
+            "site: the ceiling of the data-generating process; the site is not a predictor) and the predictors-only "
+            "probability (the site marginalised: the best any model of these predictors can reach)."
         ),
         table.table(),
         para("**Reading the intervals** (in words; the numbers are in the table):"),
@@ -1054,6 +1140,9 @@ def flow_section(inputs: CardInputs) -> list[Block]:
                 text(f"{cohort}: quarantined, `{reason}`"), cleaning, f"{prefix}.quarantined_by_reason.{reason}", 0
             )
         table.number(f"{cohort}: patients kept after cleaning", cleaning, f"{prefix}.rows_kept", 0)
+        capped = f"{prefix}.values_converted.converted_capped_to_madrs_range"
+        if get(cleaning, capped) is not None:
+            table.number(f"{cohort}: converted scores capped at the MADRS maximum", cleaning, capped, 0)
         if get(cleaning, f"{prefix}.outcomes.{target}") is not None:
             table.number(text(f"{cohort}: with a known `{target}`"), cleaning, f"{prefix}.outcomes.{target}.known", 0)
             table.number(f"{cohort}: of whom responders", cleaning, f"{prefix}.outcomes.{target}.positive", 0)
@@ -1089,7 +1178,9 @@ def eligibility_text(inputs: CardInputs) -> Text:
     parts = [
         f"**Eligibility.** Synthetic cohort (`{inputs.split.training_cohort}`): every generated patient is eligible; "
         "rows are quarantined only for data-quality reasons (duplicates, impossible values, unknown codes), never "
-        "clipped, and patients without a known outcome for this task are left out of both splits. The split is "
+        "clipped (the one cap: a converted HAM-D17 or QIDS-SR16 total above the MADRS maximum is set to it and "
+        "counted in the cleaning report), and patients without a known outcome for this task are left out of both "
+        "splits. The split is "
         "patient-level and stratified on the outcome"
     ]
     if inputs.split.holdout_sites:
@@ -1231,6 +1322,12 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
             )
     else:
         verdict = f"The Riley criteria could not be computed: {check.reason}."
+    if inputs.champion in ("xgboost", "hist_gb"):
+        verdict += (
+            " The champion is a tree ensemble: its effective number of parameters (every split of every tree) is far "
+            "larger than the P feature columns counted here, so meeting the criteria with P is necessary, not "
+            "sufficient; the optimism in the internal validation is the direct measure of over-fitting."
+        )
     if check.c_from_params:
         when = "The anticipated C is stated in params (`report.anticipated_c`)."
     else:
@@ -1260,8 +1357,9 @@ def missing_section(inputs: CardInputs) -> list[Block]:
         heading("missing"),
         para(
             "Missing values stay missing through cleaning; a row with an impossible value is quarantined whole, never "
-            "clipped or imputed (the flow counts are in "
-            f"{ref('flow')}). Missing values per column after cleaning, over every kept row of each source (none: "
+            "clipped or imputed (the one cap, converted rating-scale totals above the MADRS maximum, is in "
+            f"{ref('flow')} with the flow counts). Missing values per column after cleaning, over every kept row of "
+            "each source (none: "
             "the cleaning report lists no missing value):"
         ),
         json_grid(inputs.cleaning, "column", rows, "sources.{col}.missing_by_column.{row}", columns),
@@ -1327,14 +1425,24 @@ def model_section(inputs: CardInputs) -> list[Block]:
             "stratified on the outcome and seeded (`split.test_size`, `base.seed`). **Tuning.** Each candidate is "
             f"tuned by {train.cv_folds}-fold cross-validation on the training split only (random search scored by log "
             f"loss); then its calibration ({', '.join(train.calibration_methods)}) is chosen by the cross-validated "
-            "log loss of calibrated out-of-fold predictions. **Selection.** The champion is the candidate with the "
-            f"best cross-validated `{train.selection_metric}`, declared in params before any test data are seen: the "
-            "test split never chooses. **Class imbalance.** No resampling or class weights: the outcome is common "
-            "(the prevalence is in the tables) and probabilities are kept calibrated."
+            "log loss of calibrated out-of-fold predictions, with the same calibrator implementation and the same "
+            "shuffled folds as the shipped model (`pipeline/calibration.py`). **Selection**, declared in params "
+            "(`train.selection`) before any test data are seen, so the test split never chooses: "
+            f"{lit(selection_text(train))}. "
+            "**Class imbalance.** No resampling or class weights: the outcome is common (the prevalence is in the "
+            "tables) and probabilities are kept calibrated."
         ),
         para(f"**Search space** (`train.candidates` in params.yaml): {search}."),
         sub("Cross-validated performance of every candidate (training split)"),
         grid,
+        sub("Selection: the declared rule and the margins"),
+        para(
+            "Per candidate: its mean per-patient loss over the calibrated out-of-fold predictions, its margin over the "
+            "lowest, the standard error of that margin (paired: the same patients), the margin in standard errors, "
+            "whether the rule allows it, and its place in the order of simplicity. A margin within the band is a "
+            "near-tie, and near-ties go to the simpler candidate."
+        ),
+        selection_grid(inputs),
         sub("Chosen hyperparameters"),
         hyper.table(),
         sub("Registry gate"),
@@ -1356,6 +1464,31 @@ def model_section(inputs: CardInputs) -> list[Block]:
             f"model uses, predictor by predictor, is in {ref('shap')}."
         ),
     ]
+
+
+def selection_text(train: TrainParams) -> str:
+    from pipeline.train import selection_rule_text  # noqa: PLC0415 (train imports scikit-learn and XGBoost)
+
+    return selection_rule_text(train.selection)
+
+
+def selection_grid(inputs: CardInputs) -> Table:
+    rows = get(inputs.cv, "selection.candidates") or {}
+    order = sorted(rows, key=lambda name: rows[name].get("simplicity_rank", 0))
+    return json_grid(
+        inputs.cv,
+        "candidate",
+        [(name, candidate_name(name)) for name in order],
+        "selection.candidates.{row}.{col}",
+        [
+            Column("simplicity_rank", "simplicity rank", 0),
+            Column("mean_loss", "mean CV loss", 4),
+            Column("margin", "margin over the lowest", 4),
+            Column("margin_se", "paired SE", 4),
+            Column("margin_in_se", "margin in SE", 2),
+            Column("eligible", "within the rule"),
+        ],
+    )
 
 
 def gate_verdict(inputs: CardInputs) -> str:
@@ -1389,8 +1522,9 @@ def performance_section(inputs: CardInputs) -> list[Block]:
     champion.number("Brier score", m, "test.brier", 3, interval=True)
     champion.number("scaled Brier score", m, "test.scaled_brier", 3, interval=True)
     intervals = get(inputs.evaluation, "intervals") or {}
-    blocks: list[Block] = [
-        heading("performance"),
+    blocks: list[Block] = [heading("performance"), *internal_validation_blocks(inputs)]
+    blocks += [
+        sub("Held-out test split"),
         Paragraph(
             (
                 "On the held-out synthetic test split. Intervals: ",
@@ -1404,29 +1538,46 @@ def performance_section(inputs: CardInputs) -> list[Block]:
                 ").",
             )
         ),
-        sub("Champion"),
         champion.table(),
     ]
-    if get(m, "oracle") is not None:
-        oracle = KeyedTable("measure (same test patients)", level)
-        oracle.number("oracle AUROC", m, "oracle.auroc", 3, interval=True)
-        oracle.number("oracle AUPRC", m, "oracle.auprc", 3, interval=True)
-        oracle.number("oracle Brier score", m, "oracle.brier", 3, interval=True)
-        oracle.number("oracle calibration slope", m, "oracle.calibration_slope", 2, interval=True)
-        oracle.number("AUROC difference, champion − oracle (paired bootstrap)", m, "gap.auroc", 3, interval=True)
-        oracle.number("share of resamples with the champion above the oracle", m, "gap.auroc_share_positive", 3)
-        oracle.number("Brier difference, champion − oracle (paired bootstrap)", m, "gap.brier", 4, interval=True)
+    if get(m, "oracle") is not None or get(m, "oracle_predictors") is not None:
+        oracle = KeyedTable("measure (same test patients, same labels)", level)
+        for prefix, name in (("oracle", "generating probability"), ("oracle_predictors", "predictors-only")):
+            if get(m, prefix) is None:
+                continue
+            oracle.number(f"{name}: AUROC", m, f"{prefix}.auroc", 3, interval=True)
+            oracle.number(f"{name}: AUPRC", m, f"{prefix}.auprc", 3, interval=True)
+            oracle.number(f"{name}: Brier score", m, f"{prefix}.brier", 3, interval=True)
+            oracle.number(f"{name}: calibration slope", m, f"{prefix}.calibration_slope", 2, interval=True)
+        for prefix, name in (("gap", "generating probability"), ("gap_predictors", "predictors-only")):
+            if get(m, prefix) is None:
+                continue
+            oracle.number(f"AUROC difference, champion − {name} (paired)", m, f"{prefix}.auroc", 3, interval=True)
+            share = f"{prefix}.auroc_share_positive"
+            oracle.number(f"share of resamples with the champion above the {name}", m, share, 3)
+            oracle.number(f"Brier difference, champion − {name} (paired)", m, f"{prefix}.brier", 4, interval=True)
+        if get(m, "labels") is not None:
+            oracle.number("test patients whose analysed label was compared with the generator's", m, "labels.n", 0)
+            oracle.number("share whose analysed label equals the generator's outcome", m, "labels.agree", 3)
         leakage = get(inputs.evaluation, "oracle.leakage_check") or {}
         passed = " Passed." if leakage.get("passed") else " Not passed or not run."
         blocks += [
-            sub("Against the oracle"),
+            sub("Against the two references from the generator"),
             Paragraph(
                 (
-                    "The oracle is the generator's true probability of the outcome given what is known at the "
-                    "prediction time (",
+                    "The **generating probability** (",
                     Code(str(get(inputs.evaluation, "oracle.column"))),
-                    "), scored on the same test patients: the best any model of these predictors could do. Leakage "
-                    "check: ",
+                    ") is the generator's true probability of the outcome given the task's predictors and the site: "
+                    "the ceiling of the data-generating process. No task sees the site, so no model of these "
+                    "predictors can reach it. The **predictors-only probability** (",
+                    Code(str(get(inputs.evaluation, "oracle_predictors.column"))),
+                    ") marginalises the site over its probability given the predictors (age, route, psychotherapy and, "
+                    "after the first dose, the 24-h MADRS): the best any model of these predictors can reach. Both are "
+                    "scored like the model, on the same test patients and the same labels. Those labels are the "
+                    "cleaned, complete-case ones: cleaning (scale conversions, rounding) changes a few of them (the "
+                    "agreement is in the table) and patients without an outcome, more often non-responders, are not "
+                    "scored, so neither reference is exactly the optimum for the scored labels. Leakage check "
+                    "(against the generating probability): ",
                     str(leakage.get("rule", "not recorded")),
                     ".",
                     passed,
@@ -1442,7 +1593,15 @@ def performance_section(inputs: CardInputs) -> list[Block]:
         Column("calibration_slope", "calibration slope", 2),
     ]
     if get(m, "oracle") is not None:
-        columns += [Column("oracle_gap_auroc", "AUROC − oracle", 3), Column("oracle_gap_auroc[ci]", "its interval", 3)]
+        columns += [
+            Column("oracle_gap_auroc", "AUROC − generating", 3),
+            Column("oracle_gap_auroc[ci]", "its interval", 3),
+        ]
+    if get(m, "oracle_predictors") is not None:
+        columns += [
+            Column("predictors_gap_auroc", "AUROC − predictors-only", 3),
+            Column("predictors_gap_auroc[ci]", "its interval", 3),
+        ]
     candidates = sorted(get(m, "test.candidates") or {})
     rows = [(c, candidate_name(c)) for c in candidates]
     blocks += [
@@ -1480,6 +1639,62 @@ def performance_section(inputs: CardInputs) -> list[Block]:
         ),
     ]
     return blocks
+
+
+def internal_validation_blocks(inputs: CardInputs) -> list[Block]:
+    """The optimism-corrected performance, first: it uses every development patient."""
+    m = inputs.metrics
+    if get(m, "internal_validation") is None:
+        return [
+            sub("Internal validation (all development data)"),
+            para("Not recorded: the train stage wrote no internal validation for this model."),
+        ]
+    level = get(inputs.cv, "internal_validation.confidence_level")
+    rows = [(key, label) for key, label, _ in VALIDATED_ROWS if get(m, f"internal_validation.{key}") is not None]
+    grid = json_grid(
+        m,
+        "measure",
+        rows,
+        "internal_validation.{row}.{col}",
+        [
+            Column("apparent", "apparent (shipped model, its training data)", 3),
+            Column("optimism", "optimism (mean over bootstrap refits)", 3),
+            Column("corrected", "optimism-corrected", 3),
+            Column("corrected[ci]", f"its {level_header(float(level)) if _finite(level) else 'interval'}", 3),
+        ],
+    )
+    counts = KeyedTable("bootstrap")
+    counts.number("repetitions drawn", m, "internal_validation.repetitions", 0)
+    counts.number("repetitions used (both classes; the fit converged)", m, "internal_validation.repetitions_used", 0)
+    counts.number("training patients", m, "internal_validation.n", 0)
+    return [
+        sub("Internal validation (all development data)"),
+        Paragraph(
+            (
+                "Harrell's bootstrap optimism correction (Steyerberg, Clinical Prediction Models, ch. 17): each "
+                "repetition draws as many patients as the training split with replacement, refits the champion's "
+                "whole procedure on them (its fixed hyperparameters, its calibrator refitted out of fold with a "
+                "patient's copies kept in one fold) and measures the refit on that sample and on the original "
+                "patients; the mean difference is the optimism, subtracted from the shipped model's apparent "
+                "performance. Interval: ",
+                str(lookup(inputs.evaluation.data, "intervals.internal_validation") or "not recorded"),
+                " (source ",
+                Code(f"{inputs.cv.path}#internal_validation"),
+                "). The hyperparameter search, the calibration choice and the champion selection are not repeated "
+                "inside the bootstrap, so the correction is if anything too small; for tree ensembles, which can "
+                "memorise a bootstrap sample's duplicated patients, it is known to be too small, and the "
+                "cross-validated AUROC in ",
+                *text(ref("model")),
+                " is a check on it. ",
+                Strong("Reading:"),
+                " ",
+                sentence(internal_reading(inputs)),
+                ".",
+            )
+        ),
+        grid,
+        counts.table(),
+    ]
 
 
 def decision_section(inputs: CardInputs) -> list[Block]:
@@ -1590,7 +1805,14 @@ def external_section(inputs: CardInputs) -> list[Block]:
     table.number("responders", m, "external.events", 0)
     table.number("observed response rate", m, "external.observed_rate", 3, interval=True)
     table.number("mean predicted probability", m, "external.mean_predicted", 3)
-    table.number("AUROC", m, "external.auroc", 3, interval=True)
+    table.number("AUROC (interval: DeLong, logit scale)", m, "external.auroc", 3, interval=True)
+    if get(m, "external.auroc_bootstrap_lower") is not None:
+        table.number(
+            "AUROC (interval: stratified percentile bootstrap)", m, "external.auroc", 3,
+            bounds=("external.auroc_bootstrap_lower", "external.auroc_bootstrap_upper"),
+        )  # fmt: skip
+        table.number("AUROC after leaving out one patient: lowest", m, "external.auroc_loo_min", 3)
+        table.number("AUROC after leaving out one patient: highest", m, "external.auroc_loo_max", 3)
     table.number(
         "Spearman ρ, predicted probability vs percent MADRS change",
         m,
@@ -1607,7 +1829,10 @@ def external_section(inputs: CardInputs) -> list[Block]:
             (
                 f"The {inputs.task} model applied, unchanged, to the real NIMH trial ({EXTERNAL_COHORT}): one 0.5 "
                 "mg/kg IV racemic ketamine infusion and one saline infusion in a crossover, MADRS on day 2. A working "
-                "model gives a negative ρ (higher probability, larger drop). ",
+                "model gives a negative ρ (higher probability, larger drop). With so few responders the AUROC is "
+                "unstable: its interval uses DeLong's variance on the logit scale, which behaves with few events, the "
+                "bootstrap interval is shown beside it, and the leave-one-out range shows how far a single patient "
+                "moves it. ",
                 Strong("Reading:"),
                 f" {sentence(external_reading(inputs))}.",
             )
@@ -1668,17 +1893,28 @@ FIDELITY_ROWS = (
     ("features compared (planted effect or noise)", "fidelity.n_features", 0),
     ("of which with a planted effect", "fidelity.n_planted", 0),
     ("of which noise (planted 0)", "fidelity.n_noise", 0),
-    ("Spearman rank agreement, planted vs model mean |SHAP|", "fidelity.rank_spearman", 2),
-    ("the same, planted features only", "fidelity.rank_spearman_planted_only", 2),
+    (
+        "patient-level correlation of SHAP with the true contribution: median over planted features",
+        "fidelity.patient_correlation_median",
+        2,
+    ),
+    ("the same: the smallest over planted features", "fidelity.patient_correlation_min", 2),
+    (
+        "Spearman rank agreement of mean |SHAP| with mean |true contribution|, planted features only",
+        "fidelity.rank_spearman_true",
+        2,
+    ),
+    ("share of the model's total mean |SHAP| on features with no planted effect", "fidelity.noise_share", 3),
     ("sign checks run", "fidelity.sign_checked", 0),
     ("sign checks agreeing with the planted direction", "fidelity.sign_agree", 0),
     ("share agreeing", "fidelity.sign_agreement", 2),
     ("noise separation (1 = every noise feature below every planted one)", "fidelity.noise_separation", 2),
     ("best model rank of a noise feature", "fidelity.noise_best_rank", 0),
     ("noise features above the weakest planted feature", "fidelity.noise_above_a_planted", 0),
-    ("share of the model's mean |SHAP| going to noise", "fidelity.noise_share", 3),
     ("model / planted summed mean |SHAP| (planted features)", "fidelity.importance_scale_ratio", 2),
 )
+# below this patient-level correlation a feature's explanations are called poor in the card's reading
+POOR_CORRELATION = 0.5
 
 
 def shap_section(inputs: CardInputs) -> list[Block]:
@@ -1716,8 +1952,9 @@ def shap_section(inputs: CardInputs) -> list[Block]:
                 Column("share_of_total", "share of total", 3),
                 Column("mean_shap", "mean SHAP", 4),
                 Column("fidelity_role", "planted role"),
-                Column("planted_mean_abs_shap", "planted mean |SHAP|", 4),
+                Column("planted_mean_abs_shap", "planted mean |SHAP| (whole cohort)", 4),
                 Column("planted_rank", "planted rank", 0),
+                Column("true_mean_abs_contribution", "true mean |contribution| (these patients)", 4),
             ],
         ),
         *figure(
@@ -1745,11 +1982,14 @@ def shap_section(inputs: CardInputs) -> list[Block]:
                 str(lookup(report, "fidelity.reference") or "not recorded"),
                 ": ",
                 str(lookup(report, "fidelity.reference_note") or "").rstrip("."),
-                ". Rank agreement and signs describe the model; they are not evidence that these predictors cause "
-                "response in real patients.",
+                ". The generator knows each test patient's true contribution of each feature to the log-odds (its "
+                "exact SHAP value, `data/raw/synthetic/true_contributions.parquet`), so the model's SHAP values are "
+                "compared with it patient by patient, on the same scale. Agreement describes the model; it is not "
+                "evidence that these predictors cause response in real patients.",
             )
         ),
         fidelity.table(),
+        *patient_level_blocks(explain),
         *noise_reading(explain),
     ]
     if explain.signs is not None and len(explain.signs.data):
@@ -1773,6 +2013,43 @@ def shap_section(inputs: CardInputs) -> list[Block]:
         explain.figures, "fidelity.png", "Fidelity", "The model's mean |SHAP| against the planted one, per predictor."
     )
     return blocks
+
+
+def patient_level_blocks(explain: ExplainInputs) -> list[Block]:
+    """Per planted feature, how closely the SHAP values follow the true contributions, and where they do not."""
+    correlations = get(explain.fidelity, "fidelity.patient_correlation") or {}
+    if not correlations:
+        return []
+    grid = json_grid(
+        explain.fidelity,
+        "planted feature",
+        [(name, "") for name in correlations],
+        "fidelity.{col}.{row}",
+        [Column("patient_correlation", "correlation of SHAP with the true contribution, across test patients", 2)],
+    )
+    poor = [name for name, r in correlations.items() if not _finite(r) or float(r) < POOR_CORRELATION]
+    if not poor:
+        reading = "Every planted feature's SHAP values follow its true contributions closely."
+    else:
+        reading = (
+            f"Poor agreement (correlation below {POOR_CORRELATION:g} or undefined) for {codes(poor)}. Why, in general: "
+            "a weak effect is hard to tell from noise with this many patients, so the model shrinks it or spreads it "
+            "over correlated predictors (the dose stands in for the route, psychotherapy mixes for sites); trees split "
+            "a continuous effect into steps and share it with correlated features; regularisation attenuates small "
+            "effects; a step in the truth (benzodiazepines above 8 mg, CRP from 3 mg/L, the esketamine penalty from "
+            "age 65) becomes a slope in a linear model; and where the model also sees on-treatment markers "
+            "(first-dose task), those carry part of the baseline features' effect, so the baseline truth is only an "
+            "approximate reference there."
+        )
+    return [
+        para(
+            "**Patient by patient.** For each planted feature, Pearson's correlation across test patients between its "
+            "SHAP value and its true contribution (1: the model spreads patients along that feature exactly as the "
+            "truth does, up to scale; 0: unrelated, or the model ignores the feature)."
+        ),
+        grid,
+        para(reading),
+    ]
 
 
 def noise_reading(explain: ExplainInputs) -> list[Block]:
@@ -1805,7 +2082,12 @@ def limitations_section(inputs: CardInputs) -> list[Block]:
         (
             Strong("Ceiling."),
             f" {sentence(oracle_reading(inputs))}. Response is largely unpredictable from these predictors by "
-            "design, as in the literature.",
+            "design, as in the literature; the generating probability is higher still because it knows the site.",
+        ),
+        text(
+            "**Internal validation.** The bootstrap repeats the champion's fitting but not the hyperparameter search, "
+            "the calibration choice or the selection among candidates, so its optimism is if anything too small, "
+            "most for tree ensembles; the held-out split is honest but one noisy draw."
         ),
         (
             Strong("Calibration."),
@@ -1908,7 +2190,12 @@ CHECKLIST: tuple[tuple[str, str, str | None, str], ...] = (
     ("12a", "Data splits", "model", ""),
     ("12b", "Handling of predictors", "predictors", ""),
     ("12c", "Model type and tuning", "model", ""),
-    ("12d", "Internal validation", "model", "cross-validation, then a held-out test split"),
+    (
+        "12d",
+        "Internal validation",
+        "performance",
+        "bootstrap optimism correction on all development data, and a held-out test split",
+    ),
     ("12e", "Clustering and heterogeneity across centres", "subgroups", "partly: per-site rows; no random effects"),
     ("12f", "Performance measures: discrimination and calibration", "performance", ""),
     ("12g", "Model updating", None, "not applicable: the model is not updated after development"),

@@ -38,6 +38,12 @@ def split_cohort(
     """Return (train, test) rows of the training cohort with a known target."""
     eligible = cohort[(cohort["cohort"] == params.training_cohort) & cohort[task.target].notna()]
     eligible = eligible.sort_values("patient_id", kind="stable").reset_index(drop=True)
+    duplicated = eligible["patient_id"].duplicated()
+    if duplicated.any():  # one patient in two rows could land on both sides of the split
+        raise PipelineError(
+            f"{int(duplicated.sum())} patient id(s) appear in more than one row of the training cohort",
+            hint="the clean stage resolves duplicates: re-run it (dvc repro clean)",
+        )
     if eligible.empty:
         raise PipelineError(
             f"no '{params.training_cohort}' rows with a known {task.target}",

@@ -1,13 +1,17 @@
-"""Stage ``train@<task>``: tune, calibrate and select a classifier per task; track it in MLflow; save it.
+"""Stage ``train@<task>``: tune, calibrate and select a classifier per task; validate the champion internally;
+track it in MLflow; save it.
 
 Pure core (no I/O): :func:`make_estimator`, :func:`tune_candidate`, :func:`choose_calibration`,
-:func:`fit_final`, :func:`select_champion`. ``main`` reads the task's split, runs every candidate, logs one
-MLflow run per task with a nested run per candidate, registers the champion as ``trd-<task>`` (moving the
-``champion`` alias only when the gate in params passes), and saves the same model to ``models/<task>/``.
+:func:`fit_final`, :func:`select_champion`, :func:`internal_validation`. ``main`` reads the task's split, runs every
+candidate, logs one MLflow run per task with a nested run per candidate, registers the champion as ``trd-<task>``
+(moving the ``champion`` alias only when the gate in params passes), and saves the same model to ``models/<task>/``.
 
 Everything is decided on the training split by cross-validation: hyperparameters (search scored by log loss),
-calibration (none / sigmoid / isotonic, by cross-validated log loss of calibrated out-of-fold predictions) and
-the champion (by ``train.selection_metric``). The test split is never read here.
+calibration (none / sigmoid / isotonic, by cross-validated log loss of calibrated out-of-fold predictions, with the
+calibrator of :mod:`pipeline.calibration` that the shipped model also uses) and the champion (``train.selection``:
+a rule declared in params, by default the simplest candidate within one standard error of the best). The
+champion's whole fitting procedure is then validated on all the training data by Harrell's bootstrap optimism
+correction (:func:`internal_validation`). The test split is never read here.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import logging
 import math
 import time
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,33 +30,38 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from pydantic import Field, model_validator
-from sklearn.base import BaseEstimator, clone
-from sklearn.calibration import CalibratedClassifierCV
+from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
-from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
-from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, StratifiedKFold, cross_val_predict
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from xgboost import XGBClassifier
 
 from pipeline import metrics
+from pipeline.calibration import PROB_EPS, CalibratedModel, CalibrationName, calibrate, out_of_fold
+from pipeline.calibration import folds as calibration_folds
+from pipeline.design import SplineDesign
 from pipeline.errors import ConfigError
 from pipeline.params import Frozen
 
 log = logging.getLogger(__name__)
 
-CandidateName = Literal["logreg", "xgboost", "hist_gb"]
-CalibrationName = Literal["none", "sigmoid", "isotonic"]
-SelectionMetric = Literal["log_loss", "brier", "auroc"]
-PROB_EPS = 1e-6
+CandidateName = Literal["logreg", "logreg_spline", "xgboost", "hist_gb"]
+SelectionMetric = Literal["log_loss", "brier"]
+SelectionRule = Literal["best", "one_se"]
+# the metrics internal validation corrects for optimism (risk scale)
+VALIDATED_METRICS = ("auroc", "calibration_slope", "calibration_in_the_large", "brier")
 
 
 class CandidateParams(Frozen):
     search_iterations: int = Field(ge=1, le=500, description="Random-search budget (whole grid if smaller).")
     grid: dict[str, list[float | int | str]] = Field(min_length=1)
+    interactions: list[tuple[str, str]] = Field(
+        default_factory=list, description="logreg_spline only: pairs of canonical features whose products enter."
+    )
 
 
 class GateParams(Frozen):
@@ -70,13 +80,34 @@ class RiskBandParams(Frozen):
     upper: float = Field(gt=0.0, le=1.0)
 
 
+class SelectionParams(Frozen):
+    """How the champion is chosen from the candidates' cross-validated predictions (declared before any test data)."""
+
+    metric: SelectionMetric = Field(description="Per-patient loss of the calibrated out-of-fold predictions.")
+    rule: SelectionRule = Field(description="best: lowest mean loss; one_se: simplest within se_multiplier SE.")
+    se_multiplier: float = Field(default=1.0, ge=0.0, le=5.0, description="Width of the tie band, in paired SEs.")
+    simplicity_order: list[CandidateName] = Field(min_length=1, description="Simplest first; ties go to the first.")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SelectionParams:
+        if len(set(self.simplicity_order)) != len(self.simplicity_order):
+            raise ValueError("simplicity_order lists a candidate twice")
+        return self
+
+
+class InternalValidationParams(Frozen):
+    bootstrap_repetitions: int = Field(ge=20, le=2000, description="Harrell bootstrap refits of the champion.")
+    confidence_level: float = Field(default=0.95, gt=0.5, lt=1.0)
+
+
 class TrainParams(Frozen):
     cv_folds: int = Field(ge=2, le=20)
-    selection_metric: SelectionMetric
+    selection: SelectionParams
     calibration_methods: list[CalibrationName] = Field(min_length=1)
     cv_bootstrap_repetitions: int = Field(ge=50, le=10000, description="For the CV AUROC interval (gate).")
     n_jobs: int = Field(ge=1, le=64)
     candidates: dict[CandidateName, CandidateParams] = Field(min_length=1)
+    internal_validation: InternalValidationParams
     gate: GateParams
     risk_bands: list[RiskBandParams] = Field(min_length=1)
 
@@ -87,19 +118,38 @@ class TrainParams(Frozen):
             raise ValueError("risk_bands must have increasing 'upper' values ending at 1.0")
         return self
 
+    @model_validator(mode="after")
+    def _selection(self) -> TrainParams:
+        unordered = sorted(set(self.candidates) - set(self.selection.simplicity_order))
+        if unordered:
+            raise ValueError(f"selection.simplicity_order must list every candidate (missing: {unordered})")
+        with_pairs = sorted(n for n, c in self.candidates.items() if c.interactions and n != "logreg_spline")
+        if with_pairs:
+            raise ValueError(f"only logreg_spline takes interactions (not {with_pairs})")
+        return self
+
 
 # --------------------------------------------------------------------------------------------------------------
 # candidates
 # --------------------------------------------------------------------------------------------------------------
 
 
-def make_estimator(name: CandidateName, seed: int) -> BaseEstimator:
+def make_estimator(name: CandidateName, seed: int, *, interactions: Any = ()) -> BaseEstimator:
     """A fresh, unfitted candidate. Grid keys in params are the estimator's own parameter names."""
     if name == "logreg":
         # the interpretable baseline: median imputation with missingness indicators, scaling, L2 logistic
         return Pipeline(
             [
                 ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                ("scale", StandardScaler()),
+                ("model", LogisticRegression(max_iter=5000)),
+            ]
+        )
+    if name == "logreg_spline":
+        # the same L2 logistic model on restricted cubic splines and declared products (pipeline/design.py)
+        return Pipeline(
+            [
+                ("design", SplineDesign(interactions=tuple(tuple(pair) for pair in interactions))),
                 ("scale", StandardScaler()),
                 ("model", LogisticRegression(max_iter=5000)),
             ]
@@ -114,9 +164,14 @@ def make_estimator(name: CandidateName, seed: int) -> BaseEstimator:
     raise ConfigError(f"unknown candidate '{name}'")  # pragma: no cover (Literal guards it)
 
 
+# pipeline step of each grid key of the pipeline candidates (the others take their own parameter names)
+_DESIGN_KEYS = frozenset({"n_knots", "spike_share"})
+
+
 def _search_space(name: CandidateName, grid: dict[str, list]) -> dict[str, list]:
-    prefix = "model__" if name == "logreg" else ""
-    return {f"{prefix}{key}": values for key, values in grid.items()}
+    if name not in ("logreg", "logreg_spline"):
+        return dict(grid)
+    return {f"{'design' if key in _DESIGN_KEYS else 'model'}__{key}": values for key, values in grid.items()}
 
 
 def check_grid(name: CandidateName, grid: dict[str, list], seed: int) -> None:
@@ -136,10 +191,8 @@ class CandidateResult:
     cv: dict[str, float]
     calibration_log_loss: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
-
-
-def _folds(cv_folds: int, seed: int) -> StratifiedKFold:
-    return StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed)
+    raw_oof: np.ndarray | None = None  # before calibration: what the shipped calibrator is fitted on
+    interactions: tuple[tuple[str, str], ...] = ()
 
 
 def tune_candidate(
@@ -148,8 +201,8 @@ def tune_candidate(
     """Hyperparameters by cross-validated log loss on the training split (random search, or the whole grid)."""
     space = _search_space(name, params.grid)
     grid_size = math.prod(len(v) for v in space.values())
-    estimator = make_estimator(name, seed)
-    common = {"scoring": "neg_log_loss", "cv": _folds(folds, seed), "n_jobs": n_jobs, "refit": False}
+    estimator = make_estimator(name, seed, interactions=params.interactions)
+    common = {"scoring": "neg_log_loss", "cv": _cv(folds, seed), "n_jobs": n_jobs, "refit": False}
     if params.search_iterations >= grid_size:
         search = GridSearchCV(estimator, space, **common)
     else:
@@ -158,20 +211,8 @@ def tune_candidate(
     return dict(search.best_params_)
 
 
-def _calibrate(method: str, p_fit: np.ndarray, y_fit: np.ndarray, p_apply: np.ndarray) -> np.ndarray:
-    """Fit a 1-D calibrator on (p_fit, y_fit) and apply it to p_apply (what CalibratedClassifierCV does)."""
-    if method == "none":
-        return p_apply
-    if method == "sigmoid":
-        model = LogisticRegression(C=1e6).fit(_logit(p_fit)[:, None], y_fit)  # Platt scaling on the logit
-        return model.predict_proba(_logit(p_apply)[:, None])[:, 1]
-    iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0).fit(p_fit, y_fit)
-    return iso.predict(p_apply)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, PROB_EPS, 1 - PROB_EPS)
-    return np.log(p / (1 - p))
+def _cv(cv_folds: int, seed: int) -> Any:
+    return calibration_folds(cv_folds, seed)
 
 
 def choose_calibration(
@@ -186,8 +227,9 @@ def choose_calibration(
     calibrated: dict[str, np.ndarray] = {}
     for method in methods:
         out = np.empty_like(oof)
-        for fit_idx, apply_idx in _folds(folds, seed + 1).split(oof.reshape(-1, 1), y):
-            out[apply_idx] = _calibrate(method, oof[fit_idx], y[fit_idx], oof[apply_idx])
+        for fit_idx, apply_idx in _cv(folds, seed + 1).split(oof.reshape(-1, 1), y):
+            # the same fit and apply as the shipped CalibratedModel (pipeline.calibration)
+            out[apply_idx] = calibrate(method, oof[fit_idx], y[fit_idx], oof[apply_idx])
         out = np.clip(out, PROB_EPS, 1 - PROB_EPS)
         calibrated[method] = out
         scores[method] = float(log_loss(y, out))
@@ -214,10 +256,9 @@ def evaluate_candidate(
     """Tune, get out-of-fold predictions, choose calibration, and summarise the CV performance."""
     started = time.perf_counter()
     best = tune_candidate(name, params, X, y, folds=train.cv_folds, seed=seed, n_jobs=train.n_jobs)
-    estimator = make_estimator(name, seed).set_params(**best)
-    raw_oof = cross_val_predict(
-        estimator, X, y, cv=_folds(train.cv_folds, seed), method="predict_proba", n_jobs=train.n_jobs
-    )[:, 1]
+    interactions = tuple(tuple(pair) for pair in params.interactions)
+    estimator = make_estimator(name, seed, interactions=interactions).set_params(**best)
+    raw_oof = out_of_fold(estimator, X, y, n_splits=train.cv_folds, seed=seed, n_jobs=train.n_jobs)
     method, oof, scores = choose_calibration(
         raw_oof, y, list(train.calibration_methods), folds=train.cv_folds, seed=seed
     )
@@ -228,26 +269,201 @@ def evaluate_candidate(
         oof=oof,
         cv=cv_metrics(y, oof, n_boot=train.cv_bootstrap_repetitions, seed=seed),
         calibration_log_loss=scores,
+        raw_oof=raw_oof,
+        interactions=interactions,  # type: ignore[arg-type]
     )
     result.seconds = time.perf_counter() - started
     return result
 
 
-def fit_final(result: CandidateResult, X: pd.DataFrame, y: np.ndarray, *, folds: int, seed: int) -> BaseEstimator:
-    """Refit the chosen candidate on the whole training split, with its calibration."""
-    estimator = make_estimator(result.name, seed).set_params(**result.best_params)  # type: ignore[arg-type]
+def fit_final(
+    result: CandidateResult,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    folds: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    n_jobs: int = 1,
+) -> BaseEstimator:
+    """Refit the chosen candidate on all of ``X`` with its calibration: the one procedure the shipped model, the
+    bootstrap refits and the selection's CV share.
+
+    The calibrator is fitted on out-of-fold probabilities over the same shuffled, stratified folds (``folds``,
+    ``seed``) the selection used; on the training split itself they are the selection's own out-of-fold
+    probabilities (``result.raw_oof``), so the shipped calibrator is exactly the one the CV metrics describe.
+    ``groups`` (bootstrap samples) keeps the copies of a patient in one fold.
+    """
+    estimator = make_estimator(result.name, seed, interactions=result.interactions).set_params(  # type: ignore[arg-type]
+        **result.best_params
+    )
     if result.calibration == "none":
         return estimator.fit(X, y)
-    # an integer cv (unshuffled stratified folds) keeps the fitted object free of splitter objects for skops
-    calibrated = CalibratedClassifierCV(clone(estimator), method=result.calibration, cv=folds, ensemble=False)
-    return calibrated.fit(X, y)
+    reuse = groups is None and result.raw_oof is not None and len(result.raw_oof) == len(y)
+    model = CalibratedModel(estimator, method=result.calibration, cv_folds=folds, seed=seed)
+    return model.fit(X, y, oof=result.raw_oof if reuse else None, groups=groups, n_jobs=n_jobs)
 
 
-def select_champion(results: list[CandidateResult], metric: SelectionMetric) -> CandidateResult:
-    """The best candidate by the metric declared in params beforehand (ties: first listed)."""
-    key = {"log_loss": "cv_log_loss", "brier": "cv_brier", "auroc": "cv_auroc"}[metric]
-    sign = -1.0 if metric == "auroc" else 1.0
-    return min(results, key=lambda r: (sign * r.cv[key], results.index(r)))
+def _per_patient_loss(metric: SelectionMetric, y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, PROB_EPS, 1 - PROB_EPS)
+    if metric == "brier":
+        return (p - y) ** 2
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def selection_table(results: list[CandidateResult], y: np.ndarray, selection: SelectionParams) -> dict[str, Any]:
+    """Each candidate's mean CV loss, its margin over the best and the paired SE of that margin, and the champion.
+
+    The margin's SE is that of the mean per-patient difference in loss between the candidate's and the best
+    candidate's calibrated out-of-fold predictions (the same patients, so the comparison is paired). Under
+    ``one_se`` the champion is the first candidate in ``simplicity_order`` whose margin is at most
+    ``se_multiplier`` SEs; under ``best`` it is the lowest loss (ties: the simpler).
+    """
+    order = {name: i for i, name in enumerate(selection.simplicity_order)}
+    losses = {r.name: _per_patient_loss(selection.metric, y, r.oof) for r in results}
+    means = {name: float(loss.mean()) for name, loss in losses.items()}
+    best = min(means, key=lambda name: (means[name], order[name]))
+    rows: dict[str, dict[str, Any]] = {}
+    for name, loss in losses.items():
+        diff = loss - losses[best]
+        se = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else 0.0
+        margin = means[name] - means[best]
+        within = margin <= selection.se_multiplier * se + 1e-12
+        rows[name] = {
+            "mean_loss": means[name],
+            "margin": margin,
+            "margin_se": se,
+            "margin_in_se": margin / se if se > 0 else (0.0 if margin == 0 else None),  # None: JSON has no inf
+            "eligible": bool(within) if selection.rule == "one_se" else name == best,
+            "simplicity_rank": order[name] + 1,
+        }
+    eligible = [name for name in rows if rows[name]["eligible"]]
+    champion = min(eligible, key=lambda name: order[name])
+    return {
+        "metric": selection.metric,
+        "rule": selection.rule,
+        "se_multiplier": selection.se_multiplier,
+        "simplicity_order": list(selection.simplicity_order),
+        "best_by_metric": best,
+        "champion": champion,
+        "candidates": rows,
+    }
+
+
+def select_champion(results: list[CandidateResult], y: np.ndarray, selection: SelectionParams) -> CandidateResult:
+    """The candidate the declared rule picks (see :func:`selection_table`)."""
+    name = selection_table(results, y, selection)["champion"]
+    return next(r for r in results if r.name == name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# internal validation: Harrell's bootstrap optimism correction of the champion's whole fitting procedure
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _validated(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    return {
+        "auroc": metrics.auroc(y, p),
+        "calibration_slope": metrics.calibration_slope(y, p),
+        "calibration_in_the_large": metrics.calibration_in_the_large(y, p),
+        "brier": metrics.brier_score(y, p),
+    }
+
+
+def _bootstrap_once(
+    champion: CandidateResult, X: pd.DataFrame, y: np.ndarray, index: np.ndarray, *, folds: int, seed: int
+) -> tuple[dict[str, float], dict[str, float]] | None:
+    """Refit on one bootstrap sample; its performance on that sample and on the original data (None: failed)."""
+    Xb, yb = X.iloc[index].reset_index(drop=True), y[index]
+    if np.bincount(yb, minlength=2).min() < folds:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a resample may make the odd fit converge slowly; it is counted if it fails
+        try:
+            model = fit_final(champion, Xb, yb, folds=folds, seed=seed, groups=index)
+            return _validated(yb, model.predict_proba(Xb)[:, 1]), _validated(y, model.predict_proba(X)[:, 1])
+        except (ValueError, ArithmeticError):
+            return None
+
+
+def internal_validation(
+    champion: CandidateResult,
+    estimator: BaseEstimator,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    params: TrainParams,
+    seed: int,
+) -> dict[str, Any]:
+    """Bootstrap optimism correction (Harrell; Steyerberg, Clinical Prediction Models, ch. 17) of AUROC,
+    calibration slope, calibration-in-the-large and Brier, using all the development data.
+
+    Each repetition draws n patients with replacement, refits the champion's procedure on them (its fixed
+    hyperparameters, and its calibrator refitted out of fold with a patient's copies kept in one fold), and
+    records performance on that sample (apparent) and on the original patients (test). Optimism = mean(apparent
+    − test); corrected = the shipped model's apparent performance − optimism. The interval is the location-shifted
+    percentile interval (Noma et al., Stat Med 2021;40:5691): the percentile interval of the shipped model's
+    apparent performance over the same bootstrap samples, shifted by the optimism (it carries the sampling
+    variability of the performance, not that of the optimism estimate). Hyperparameter search, calibration choice
+    and champion selection are not repeated inside the bootstrap, so the correction is, if anything, too small.
+    """
+    started = time.perf_counter()
+    settings = params.internal_validation
+    n = len(y)
+    streams = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(b"internal_validation"),))
+    indices = [np.random.default_rng(s).integers(0, n, n) for s in streams.spawn(settings.bootstrap_repetitions)]
+    from joblib import Parallel, delayed  # noqa: PLC0415 (scikit-learn's dependency)
+
+    runs = Parallel(n_jobs=params.n_jobs)(
+        delayed(_bootstrap_once)(champion, X, y, index, folds=params.cv_folds, seed=seed) for index in indices
+    )
+    done = [r for r in runs if r is not None]
+    p_apparent = estimator.predict_proba(X)[:, 1]
+    apparent = _validated(y, p_apparent)
+    resampled = [_validated(y[index], p_apparent[index]) for index in indices]
+    alpha = (1.0 - settings.confidence_level) / 2.0
+    out: dict[str, Any] = {
+        "method": "Harrell bootstrap optimism correction; location-shifted percentile interval",
+        "repetitions": settings.bootstrap_repetitions,
+        "repetitions_used": len(done),
+        "repetitions_failed": settings.bootstrap_repetitions - len(done),
+        "confidence_level": settings.confidence_level,
+        "n": n,
+        "events": int(y.sum()),
+    }
+    for name in VALIDATED_METRICS:
+        boot = np.array([b[name] for b, _ in done], dtype="float64")
+        test = np.array([t[name] for _, t in done], dtype="float64")
+        finite = np.isfinite(boot) & np.isfinite(test)
+        optimism = float(np.mean(boot[finite] - test[finite])) if finite.any() else math.nan
+        corrected = apparent[name] - optimism
+        spread = np.array([r[name] for r in resampled], dtype="float64")
+        spread = spread[np.isfinite(spread)]
+        lower, upper = (
+            (float(np.quantile(spread, alpha)) - optimism, float(np.quantile(spread, 1 - alpha)) - optimism)
+            if spread.size >= 2
+            else (math.nan, math.nan)
+        )
+        out[name] = {
+            "apparent": apparent[name],
+            "optimism": optimism,
+            "corrected": corrected,
+            "corrected_lower": lower,
+            "corrected_upper": upper,
+        }
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def selection_rule_text(selection: SelectionParams) -> str:
+    """The declared selection rule in words (MLflow tag, model card)."""
+    order = " < ".join(selection.simplicity_order)
+    if selection.rule == "best":
+        return f"lowest cross-validated {selection.metric} (ties: the simpler, in the order {order})"
+    return (
+        f"the simplest candidate (order {order}) whose cross-validated {selection.metric} is within "
+        f"{selection.se_multiplier:g} paired standard error(s) of the lowest"
+    )
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -277,6 +493,8 @@ class TrainedTask:
     example: pd.DataFrame  # a few feature rows, no identifiers (MLflow input example)
     n_train: int
     events_train: int
+    selection: dict[str, Any] = field(default_factory=dict)  # selection_table: the rule, margins, SEs
+    internal: dict[str, Any] = field(default_factory=dict)  # internal_validation of the champion
 
 
 def train_task(
@@ -294,8 +512,20 @@ def train_task(
             result.cv["cv_log_loss"], result.calibration, result.seconds,
         )  # fmt: skip
         results.append(result)
-    champion = select_champion(results, params.selection_metric)
+    selection = selection_table(results, y, params.selection)
+    champion = next(r for r in results if r.name == selection["champion"])
+    log.info(
+        "%s: champion %s by %s (%s, best by %s: %s; margins in SE: %s)", task_name, champion.name,
+        params.selection.rule, params.selection.metric, params.selection.metric, selection["best_by_metric"],
+        ", ".join(f"{k} {v['margin_in_se'] or 0:.2f}" for k, v in selection["candidates"].items()),
+    )  # fmt: skip
     fitted = {r.name: fit_final(r, X, y, folds=params.cv_folds, seed=seed) for r in results}
+    internal = internal_validation(champion, fitted[champion.name], X, y, params=params, seed=seed)
+    log.info(
+        "%s: optimism-corrected AUROC %.3f [%.3f, %.3f], slope %.2f, from %d bootstrap refits (%.1f s)", task_name,
+        internal["auroc"]["corrected"], internal["auroc"]["corrected_lower"], internal["auroc"]["corrected_upper"],
+        internal["calibration_slope"]["corrected"], internal["repetitions_used"], internal["seconds"],
+    )  # fmt: skip
     return TrainedTask(
         task=task_name,
         target=target,
@@ -306,20 +536,31 @@ def train_task(
         example=X.head(5).reset_index(drop=True),
         n_train=len(y),
         events_train=int(y.sum()),
+        selection=selection,
+        internal=internal,
     )
 
 
 def cv_report(trained: TrainedTask, params: TrainParams) -> dict[str, Any]:
-    """The DVC metrics file of the stage: CV performance of every candidate and the champion's name."""
+    """The DVC metrics file of the stage: CV performance of every candidate, the selection with its margins, the
+    champion's name and its bootstrap internal validation."""
     return {
         "task": trained.task,
         "champion": trained.champion.name,
-        "selection_metric": params.selection_metric,
+        "selection": trained.selection,
         "n_train": trained.n_train,
         "events_train": trained.events_train,
         "candidates": {
-            r.name: {**r.cv, "calibration": r.calibration, "best_params": r.best_params} for r in trained.results
+            r.name: {
+                **r.cv,
+                "calibration": r.calibration,
+                "best_params": r.best_params,
+                **({"interactions": [list(pair) for pair in r.interactions]} if r.interactions else {}),
+            }
+            for r in trained.results
         },
+        # the champion's procedure validated on all the training data (evaluate puts it beside the test split)
+        "internal_validation": {k: v for k, v in trained.internal.items() if k != "seconds"},
     }
 
 
@@ -363,7 +604,7 @@ def load_training_inputs(task_name: str, paths: Any) -> TrainingInputs:
     task = parse_section(TasksParams, raw, "tasks", paths.params_file).get(task_name)
     params = parse_section(TrainParams, raw, "train", paths.params_file)
     contract = load_contract(paths.cohort_schema)
-    spec = FeatureSpec.from_columns(task_name, task.target, task_predictors(task, contract))
+    spec = FeatureSpec.from_columns(task_name, task.target, task_predictors(task, contract, task_name))
     train_path = paths.processed_dir / task_name / "train.parquet"
     cohort = contract.coerce(read_parquet(train_path, "training split"))
     return TrainingInputs(
@@ -373,6 +614,7 @@ def load_training_inputs(task_name: str, paths: Any) -> TrainingInputs:
 
 def main(task_name: str) -> None:
     from pipeline import __version__  # noqa: PLC0415
+    from pipeline.features import training_ranges  # noqa: PLC0415
     from pipeline.io import write_json  # noqa: PLC0415
     from pipeline.model import feature_signature, save_bundle, sha256_file  # noqa: PLC0415
     from pipeline.paths import ProjectPaths  # noqa: PLC0415
@@ -393,6 +635,10 @@ def main(task_name: str) -> None:
         "n_train": trained.n_train,
         "registered_model_name": f"trd-{task_name}",
         "package_version": __version__,
+        # applicability, stored so that the scorer needs no params.yaml: the task's minimum data for a score
+        # (checked against its predictors when the inputs were loaded) and the training split's numeric ranges
+        "scoring_rule": inputs.task.scoring.model_dump(),
+        "training_ranges": training_ranges(X, inputs.spec),
     }
     model_dir = paths.models_dir / task_name
     save_bundle(
@@ -423,7 +669,7 @@ def log_to_mlflow(
     from mlflow import MlflowClient  # noqa: PLC0415
 
     from pipeline import tracking  # noqa: PLC0415
-    from pipeline.model import ESTIMATOR_FILE, log_saved_model, sha256_file  # noqa: PLC0415
+    from pipeline.model import ESTIMATOR_FILE, MANIFEST_FILE, log_saved_model, sha256_file  # noqa: PLC0415
 
     name = f"trd-{trained.task}"
     tracking.configure(root, name)
@@ -450,18 +696,47 @@ def log_to_mlflow(
         mlflow.set_tag("training_data_sha256", sha256_file(train_path))
         for path, digest in tracking.dvc_lock_hashes(root, "split").items():
             mlflow.set_tag(f"dvc_md5.{path}", digest)
+        rows = trained.selection.get("candidates", {})
         for result in trained.results:
             with mlflow.start_run(run_name=result.name, nested=True, tags={"candidate": result.name}):
                 mlflow.log_params({f"hp.{k}": v for k, v in result.best_params.items()})
                 mlflow.log_param("calibration", result.calibration)
                 mlflow.log_metrics({**result.cv, "fit_seconds": result.seconds})
                 mlflow.log_metrics({f"calibration_log_loss.{k}": v for k, v in result.calibration_log_loss.items()})
+                numbers = {
+                    k: float(v) for k, v in rows.get(result.name, {}).items() if k != "eligible" and v is not None
+                }
+                mlflow.log_metrics({f"selection.{k}": v for k, v in numbers.items() if math.isfinite(v)})
+                mlflow.set_tag("selection_eligible", str(rows.get(result.name, {}).get("eligible")))
         mlflow.log_metrics({f"champion.{k}": v for k, v in trained.champion.cv.items()})
         mlflow.set_tag("champion", trained.champion.name)
+        # the declared rule and how close the race was: a reviewer sees whether the champion won by noise
+        mlflow.set_tags(
+            {
+                "selection_rule": selection_rule_text(params.selection),
+                "selection_best_by_metric": str(trained.selection.get("best_by_metric")),
+                "selection_margins": "; ".join(
+                    f"{name} +{row['margin']:.4f} ({row['margin_in_se'] or 0:.2f} SE)" for name, row in rows.items()
+                ),
+            }
+        )
+        internal = {
+            f"internal_validation.{name}.{key}": value
+            for name in VALIDATED_METRICS
+            for key, value in trained.internal.get(name, {}).items()
+            if math.isfinite(value)
+        }
+        mlflow.log_metrics(internal)
+        if trained.internal:
+            mlflow.log_metric("internal_validation.repetitions_used", trained.internal["repetitions_used"])
         version = log_saved_model(model_dir, registered_name=name)
         MlflowClient().set_model_version_tag(
             name, version, "estimator_sha256", sha256_file(model_dir / "artifacts" / ESTIMATOR_FILE)
         )
+        # identifies the whole model (every file the scorer reads); `trd score` prints the same hash
+        manifest_sha256 = sha256_file(model_dir / "artifacts" / MANIFEST_FILE)
+        mlflow.set_tag("model_manifest_sha256", manifest_sha256)
+        MlflowClient().set_model_version_tag(name, version, "model_manifest_sha256", manifest_sha256)
         decision = tracking.promote_if_gated(name, version, reasons)
         mlflow.set_tags(
             {

@@ -9,6 +9,7 @@ import shap
 from sklearn.calibration import CalibratedClassifierCV
 from xgboost import XGBClassifier
 
+from pipeline.calibration import CalibratedModel
 from pipeline.contract import CohortContract
 from pipeline.contributions import explain, model_margin, top_drivers
 from pipeline.features import FeatureSpec, build_features
@@ -35,20 +36,72 @@ def data(contract: CohortContract) -> tuple[pd.DataFrame, FeatureSpec, pd.DataFr
     return cohort, spec, build_features(cohort, spec), y
 
 
-@pytest.mark.parametrize("candidate", ["logreg", "xgboost", "hist_gb"])
-@pytest.mark.parametrize("calibrated", [False, True])
-def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated: bool) -> None:
+@pytest.mark.parametrize("candidate", ["logreg", "logreg_spline", "xgboost", "hist_gb"])
+@pytest.mark.parametrize("calibrated", ["none", "sigmoid", "legacy"])
+def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated: str) -> None:
     _cohort, spec, X, y = data
-    estimator = make_estimator(candidate, seed=0)
-    if candidate != "logreg":
+    estimator = make_estimator(candidate, seed=0, interactions=[("route", "age")])
+    if candidate in ("xgboost", "hist_gb"):
         estimator.set_params(**({"n_estimators": 40} if candidate == "xgboost" else {"max_iter": 40}))
-    if calibrated:
+    if calibrated == "sigmoid":
+        estimator = CalibratedModel(estimator, method="sigmoid", cv_folds=3, seed=0)
+    elif calibrated == "legacy":  # models saved before pipeline.calibration still explain
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
     estimator.fit(X, y)
     explained = explain(estimator, X, spec)
     assert list(explained.values.columns) == ["age", "bmi", "route", "family_history_aud"]
     np.testing.assert_allclose(explained.margin, model_margin(estimator, X), atol=1e-4)
-    assert ("sigmoid calibration" in explained.method) is calibrated
+    assert ("sigmoid calibration" in explained.method) is (calibrated != "none")
+
+
+def _interventional_shapley(f, x: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Brute force: phi_i = sum over coalitions S without i of |S|!(m-|S|-1)!/m! [v(S + i) - v(S)], with
+    v(S) = mean over background rows of f(x on S, background row elsewhere)."""
+    from itertools import combinations
+    from math import factorial
+
+    m = x.size
+
+    def value(coalition: tuple[int, ...]) -> float:
+        rows = background.copy()
+        rows[:, list(coalition)] = x[list(coalition)]
+        return float(f(rows).mean())
+
+    phi = np.zeros(m)
+    for i in range(m):
+        others = [j for j in range(m) if j != i]
+        for size in range(m):
+            for coalition in combinations(others, size):
+                weight = factorial(size) * factorial(m - size - 1) / factorial(m)
+                phi[i] += weight * (value(tuple(sorted((*coalition, i)))) - value(coalition))
+    return phi
+
+
+def test_spline_model_values_are_the_exact_interventional_shapley_values(contract) -> None:
+    """Splines credited to their feature and a declared product split by Shapley: equal to brute force over
+    coalitions with the training data as background (no missing values, so imputation plays no part)."""
+    rng = np.random.default_rng(3)
+    n = 80
+    cohort = contract.empty_frame(n)
+    cohort["age"] = rng.normal(50, 12, n).round()
+    cohort["bmi"] = rng.normal(28, 4, n)
+    cohort["route"] = pd.array(rng.choice(["iv_racemic", "intranasal_esketamine"], n), dtype="string")
+    spec = FeatureSpec.from_columns("t", "response_acute", [contract.column(c) for c in ("age", "bmi", "route")])
+    X = build_features(cohort, spec)
+    y = (rng.random(n) < 0.4).astype(int)
+    model = make_estimator("logreg_spline", seed=0, interactions=[("route", "age")]).set_params(
+        model__C=10.0, design__n_knots=3
+    )
+    model.fit(X, y)
+    assert any(t[0] == "product" for t in model[0].terms_)
+    explained = explain(model, X, spec)
+    matrix = X.to_numpy()
+    for row in (0, 7, 41):
+        brute = _interventional_shapley(model.decision_function, matrix[row], matrix)
+        # the one-hot columns of route are one feature: sum the brute-force values of its levels
+        route = [i for i, c in enumerate(X.columns) if c.startswith("route=")]
+        expected = [brute[0], brute[1], brute[route].sum()]
+        np.testing.assert_allclose(explained.values.iloc[row].to_numpy(), expected, atol=1e-9)
 
 
 def test_xgboost_pred_contribs_agree_with_shap_tree_explainer(data) -> None:

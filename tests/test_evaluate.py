@@ -57,10 +57,11 @@ def tiny_train_params() -> TrainParams:
     return TrainParams.model_validate(
         {
             "cv_folds": 3,
-            "selection_metric": "log_loss",
+            "selection": {"metric": "log_loss", "rule": "best", "simplicity_order": ["logreg", "xgboost"]},
             "calibration_methods": ["none"],
             "cv_bootstrap_repetitions": 50,
             "n_jobs": 1,
+            "internal_validation": {"bootstrap_repetitions": 20},
             "candidates": {
                 "logreg": {"search_iterations": 1, "grid": {"C": [1.0]}},
                 "xgboost": {"search_iterations": 1, "grid": {"n_estimators": [40], "max_depth": [2]}},
@@ -308,6 +309,50 @@ def test_oracle_and_gap_with_a_paired_interval(evaluation, data, honest) -> None
     )
     assert numbers["auroc_lower"] <= 0  # the honest model does not beat the truth
     assert evaluation.report["oracle"]["leakage_check"]["passed"] is True
+
+
+def test_the_predictors_only_reference_the_labels_and_internal_validation(data, honest, cohort) -> None:
+    """The second reference is scored like the first on the same labels; label disagreement with the generator's
+    outcome is counted; the train stage's internal validation is copied beside the test figures."""
+    y, p = champion_scores(data, honest)
+    truth = data["truth"].copy()
+    truth["p_response_acute_predictors"] = 0.5 * truth["p_response_acute"] + 0.2  # a flatter reference
+    generated = pd.concat([data["train"], data["test"]])["response_acute"].astype(bool).to_numpy().copy()
+    generated[[400, 401, 450]] = ~generated[[400, 401, 450]]  # three test labels changed by "cleaning"
+    truth["response_acute"] = generated
+    internal = {
+        "method": "Harrell", "repetitions": 20, "repetitions_used": 19, "n": 400, "events": 150,
+        "auroc": {"apparent": 0.7, "optimism": 0.02, "corrected": 0.68, "corrected_lower": 0.63,
+                  "corrected_upper": 0.73},
+    }  # fmt: skip
+    result = evaluate_task(
+        "acute", ACUTE, data["test"], champion=honest["champion"], candidates=honest["candidates"], truth=truth,
+        cohort=cohort, params=eval_params(oracle_predictors={"acute": "p_response_acute_predictors"}), seed=SEED,
+        internal=internal,
+    )  # fmt: skip
+    reference = truth["p_response_acute_predictors"].to_numpy()[400:]
+    numbers = result.metrics["oracle_predictors"]
+    assert numbers["auroc"] == pytest.approx(metrics.auroc(y, reference), abs=1e-12)
+    assert numbers["brier"] == pytest.approx(metrics.brier_score(y, reference), abs=1e-12)
+    gap = metrics.paired_bootstrap_difference(y, p, reference, metrics.auroc, n_boot=N_BOOT, seed=SEED)
+    assert result.metrics["gap_predictors"]["auroc"] == pytest.approx(gap.estimate, abs=1e-12)
+    assert result.metrics["gap_predictors"]["auroc_lower"] == pytest.approx(gap.lower, abs=1e-12)
+    champion = honest["champion"].info.candidate
+    candidates = result.metrics["test"]["candidates"]
+    assert candidates[champion]["predictors_gap_auroc"] == pytest.approx(gap.estimate, abs=1e-12)
+    assert all("predictors_gap_auroc_lower" in row for row in candidates.values())
+    assert result.metrics["labels"] == {"n": len(y), "agree": pytest.approx(1 - 3 / len(y)), "disagree": 3}
+    assert result.metrics["internal_validation"]["auroc"] == internal["auroc"]
+    assert result.metrics["internal_validation"]["repetitions_used"] == 19
+    assert "method" not in result.metrics["internal_validation"]  # text stays in evaluation.json
+    assert result.report["internal_validation"]["method"] == "Harrell"
+    assert result.report["oracle_predictors"]["column"] == "p_response_acute_predictors"
+
+
+def test_without_the_second_reference_and_internal_validation_nothing_is_invented(evaluation) -> None:
+    assert "oracle_predictors" not in evaluation.metrics  # the fixture's truth has no such column
+    assert evaluation.report["oracle_predictors"]["available"] is False
+    assert "internal_validation" not in evaluation.metrics
 
 
 def test_a_model_trained_with_the_outcome_as_a_feature_is_caught(contract, data, cohort, tmp_path) -> None:

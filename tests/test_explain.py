@@ -16,12 +16,12 @@ import pytest
 import yaml
 from matplotlib.text import Text
 from mlflow import MlflowClient
-from scipy import stats
 from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from threadpoolctl import threadpool_limits
 
 from pipeline import explain
+from pipeline.calibration import CalibratedModel
 from pipeline.contributions import model_margin
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.explain import (
@@ -51,6 +51,7 @@ from tests.conftest import REPO_ROOT, register_training_run
 matplotlib.use("Agg")
 
 SEED = 7
+LEGACY = "legacy_sigmoid"  # a sigmoid CalibratedClassifierCV, as models saved before pipeline.calibration hold
 N_TRAIN, N_TEST = 3000, 600
 TASKS = TasksParams.model_validate(read_params_file(REPO_ROOT / "params.yaml")["tasks"])
 ACUTE = TASKS.get("acute")
@@ -131,6 +132,26 @@ def planted_effects_of(frame: pd.DataFrame) -> dict:
     }
 
 
+def true_contributions_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every patient's exact SHAP value per feature in the true log-odds (background: this cohort), as the
+    generator's true_contributions.parquet: centred terms, the route x age product split by Shapley."""
+    terms = term_values(frame)
+    values: dict[str, np.ndarray] = {}
+    for name, (features, coefficient) in TERMS.items():
+        if coefficient == 0 or len(features) > 1:
+            continue
+        values[features[0]] = values.get(features[0], 0.0) + coefficient * (terms[name] - terms[name].mean())
+    u = (frame["route"].astype(str) == "intranasal_esketamine").to_numpy(dtype=float)
+    v = (frame["age"].to_numpy(dtype=float) >= 65).astype(float)
+    beta = TERMS["esketamine_older_adult"][1]
+    values["route"] += beta * 0.5 * ((u * v.mean() - (u * v).mean()) + (u * v - u.mean() * v))
+    values["age"] += beta * 0.5 * ((u.mean() * v - (u * v).mean()) + (u * v - u * v.mean()))
+    return pd.DataFrame(
+        {"patient_id": frame["patient_id"].to_numpy(dtype=object)}
+        | {f"response_acute.{name}": value for name, value in values.items()}
+    )
+
+
 @pytest.fixture(scope="module")
 def cohort(contract) -> pd.DataFrame:
     rng = np.random.default_rng(SEED)
@@ -151,6 +172,8 @@ def cohort(contract) -> pd.DataFrame:
     logit = 1.5 + sum(coefficient * terms[name] for name, (_, coefficient) in TERMS.items())
     frame["response_acute"] = rng.random(n) < expit(logit)
     frame.attrs["planted"] = planted_effects_of(frame)  # from the true values, as the generator does
+    # as plain lists: pandas compares attrs when frames are combined, and frames do not compare to a bool
+    frame.attrs["contributions"] = true_contributions_of(frame).to_dict(orient="list")
     frame.loc[rng.random(n) < 0.08, "bmi"] = np.nan  # then gaps, as in a clinic export
     return contract.coerce(frame)
 
@@ -158,6 +181,11 @@ def cohort(contract) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def planted(cohort) -> dict:
     return cohort.attrs["planted"]
+
+
+@pytest.fixture(scope="module")
+def contributions(cohort) -> pd.DataFrame:
+    return pd.DataFrame(cohort.attrs["contributions"])
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +199,15 @@ def spec(contract) -> FeatureSpec:
 
 
 def fit(candidate: str, calibration: str, train: pd.DataFrame, spec: FeatureSpec):
-    estimator = make_estimator(candidate, seed=SEED)
+    estimator = make_estimator(candidate, seed=SEED, interactions=[("route", "age")])
     if candidate == "xgboost":
         estimator.set_params(n_estimators=60, max_depth=3)
     elif candidate == "hist_gb":
         estimator.set_params(max_iter=60, max_depth=3)
-    if calibration != "none":
-        estimator = CalibratedClassifierCV(estimator, method=calibration, cv=3, ensemble=False)
+    if calibration == LEGACY:  # models saved before pipeline.calibration
+        estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
+    elif calibration != "none":
+        estimator = CalibratedModel(estimator, method=calibration, cv_folds=3, seed=SEED)
     return estimator.fit(build_features(train, spec), train["response_acute"].astype(bool).to_numpy(dtype=int))
 
 
@@ -192,11 +222,12 @@ def bundle(estimator, spec: FeatureSpec, candidate: str, calibration: str = "non
 
 CANDIDATES = [
     ("logreg", "none"),
+    ("logreg_spline", "none"),
     ("xgboost", "none"),
     ("hist_gb", "none"),
-    ("xgboost", "sigmoid"),  # XGBoost has no decision_function: its calibrator reads the probability
-    ("hist_gb", "sigmoid"),  # reads the log-odds: the map is linear on the log-odds scale
+    ("xgboost", "sigmoid"),  # pipeline.calibration reads the log-odds: the map is linear on that scale
     ("hist_gb", "isotonic"),
+    ("xgboost", LEGACY),  # CalibratedClassifierCV: XGBoost has no decision_function, so it reads the probability
 ]
 
 
@@ -213,8 +244,10 @@ def run(test: pd.DataFrame, champion: Bundle, reference: PlantedReference, **par
 
 
 @pytest.fixture(scope="module")
-def reference(planted, split) -> PlantedReference:
-    return planted_reference(planted, split[1], "response_acute", file="planted_effects.json")
+def reference(planted, split, contributions) -> PlantedReference:
+    return planted_reference(
+        planted, split[1], "response_acute", file="planted_effects.json", contributions=contributions
+    )
 
 
 @pytest.fixture(scope="module")
@@ -275,7 +308,7 @@ def test_values_plus_base_reproduce_the_margin_for_every_test_row(
     assert frame["test_row"].tolist() == list(range(len(test)))
 
 
-@pytest.mark.parametrize(("candidate", "calibration"), [c for c in CANDIDATES if c[1] == "sigmoid"])
+@pytest.mark.parametrize(("candidate", "calibration"), [c for c in CANDIDATES if c[1] in ("sigmoid", LEGACY)])
 def test_a_sigmoid_calibration_map_reproduces_the_reported_probability(
     split, models, reference, candidate: str, calibration: str
 ) -> None:
@@ -295,7 +328,8 @@ def test_a_sigmoid_calibration_map_reproduces_the_reported_probability(
 def test_isotonic_and_uncalibrated_maps_are_described(split, models, reference) -> None:
     isotonic = run(split[1], models[("hist_gb", "isotonic")], reference).report["calibration"]
     assert isotonic["calibration"] == "isotonic"
-    assert "monotone step function" in isotonic["description"]
+    assert isotonic["calibrator_input"] == "log-odds"
+    assert "isotonic" in isotonic["description"]
     plain = run(split[1], models[("xgboost", "none")], reference).report["calibration"]
     assert plain["calibration"] == "none"
     assert plain["explained_model"] == "XGBClassifier"
@@ -340,7 +374,12 @@ def test_a_model_trained_on_planted_effects_recovers_them(result) -> None:
     numbers = result.metrics["fidelity"]
     assert numbers["n_planted"] == len(PLANTED_EFFECTS)
     assert numbers["n_noise"] == len(NOISE)
-    assert numbers["rank_spearman"] > 0.85
+    # patient by patient, the SHAP values of a logistic model of the right form follow the true contributions
+    assert set(numbers["patient_correlation"]) == set(PLANTED_EFFECTS)
+    assert numbers["patient_correlation_median"] > 0.9
+    assert numbers["patient_correlation_min"] > 0.5  # age: linear in the model, with a step from 65 in the truth
+    assert numbers["rank_spearman_true"] > 0.85
+    assert numbers["noise_share"] < 0.05
     assert numbers["noise_separation"] == 1.0
     assert numbers["noise_best_rank"] == len(PLANTED_EFFECTS) + 1
     assert numbers["noise_above_a_planted"] == 0
@@ -360,9 +399,12 @@ def test_a_scrambled_explanation_scores_badly(result, spec, reference) -> None:
     scrambled = result.values.copy()
     scrambled.columns = list(reversed(scrambled.columns))
     scrambled = scrambled[list(result.values.columns)]
-    numbers = fidelity_checks(scrambled, result.features, spec, reference.truth).metrics
+    numbers = fidelity_checks(
+        scrambled, result.features, spec, reference.truth, true_values=reference.true_values
+    ).metrics
     faithful = result.metrics["fidelity"]
-    assert numbers["rank_spearman"] < 0.3 < faithful["rank_spearman"]
+    assert numbers["patient_correlation_median"] < 0.3 < faithful["patient_correlation_median"]
+    assert numbers["noise_share"] > 0.3 > faithful["noise_share"]
     assert numbers["noise_separation"] < 0.5
     assert numbers["noise_best_rank"] == 1
     assert numbers["sign_agreement"] < 1.0
@@ -391,16 +433,30 @@ def test_fidelity_arithmetic_on_hand_made_importances(contract) -> None:
         }},
     }  # fmt: skip
     truth = parse_planted_truth(effects, "response_acute", file="x")
-    numbers = fidelity_checks(values, features, spec, truth, min_rows=10).metrics
-    expected_rho = stats.spearmanr(list(planted.values()), list(model.values())).statistic
-    assert numbers["rank_spearman"] == pytest.approx(expected_rho)
-    assert numbers["rank_spearman_planted_only"] == pytest.approx(0.5)  # ranks (1, 2, 3) vs (1, 3, 2)
+    # true contributions: age exactly the model's (r = 1), family history the model's reversed (r = -1), bmi
+    # uncorrelated with the model's; mean |true| 0.4, 0.3, 0.1, so the ranks (1, 2, 3) vs the model's (1, 3, 2)
+    true_values = pd.DataFrame(
+        {
+            "age": 0.4 * alternating,
+            "family_history_aud": -0.3 * alternating,
+            "bmi": 0.1 * np.where(np.arange(n) % 4 < 2, 1.0, -1.0),
+        }
+    )
+    numbers = fidelity_checks(values, features, spec, truth, min_rows=10, true_values=true_values).metrics
+    assert numbers["patient_correlation"] == pytest.approx({"age": 1.0, "family_history_aud": -1.0, "bmi": 0.0})
+    assert numbers["patient_correlation_median"] == pytest.approx(0.0)
+    assert numbers["patient_correlation_min"] == pytest.approx(-1.0)
+    assert numbers["rank_spearman_true"] == pytest.approx(0.5)  # ranks (1, 2, 3) vs (1, 3, 2)
     # planted (0.4, 0.05, 0.2) against noise (0.1, 0.0): 5 of 6 pairs ordered correctly
     assert numbers["noise_separation"] == pytest.approx(5 / 6)
     assert numbers["noise_best_rank"] == 3  # model order: age, bmi, anxious_depression, family_history_aud, dose
     assert numbers["noise_above_a_planted"] == 1
     assert numbers["noise_share"] == pytest.approx(0.1 / 0.75)
     assert numbers["importance_scale_ratio"] == pytest.approx(0.65 / 0.9)
+    # without the true contributions the patient-level measures are absent, not invented
+    without = fidelity_checks(values, features, spec, truth, min_rows=10).metrics
+    assert "patient_correlation" not in without
+    assert without["noise_share"] == pytest.approx(numbers["noise_share"])
 
 
 def test_sign_checks_follow_the_planted_direction_and_skip_what_cannot_be_checked(contract) -> None:
@@ -571,7 +627,8 @@ def test_fidelity_json_holds_only_numbers(written) -> None:
             yield from leaves(value) if isinstance(value, dict) else [value]
 
     assert all(v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in leaves(payload))
-    assert {"rank_spearman", "sign_agreement", "noise_separation", "noise_best_rank"} <= set(payload["fidelity"])
+    expected = {"patient_correlation_median", "rank_spearman_true", "noise_share", "sign_agreement", "noise_best_rank"}
+    assert expected <= set(payload["fidelity"])
 
 
 def test_per_patient_values_keep_the_identifier_under_data(result, split, tmp_path) -> None:
@@ -588,7 +645,7 @@ def test_per_patient_values_keep_the_identifier_under_data(result, split, tmp_pa
 
 
 def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
-    project_root, mlflow_store, split, models, planted, spec
+    project_root, mlflow_store, split, models, planted, contributions, spec
 ) -> None:
     train, test = split
     params = yaml.safe_load((project_root / "params.yaml").read_text())
@@ -598,6 +655,7 @@ def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
     write_parquet(test, project_root / "data/processed/acute/test.parquet")
     (project_root / "data/raw/synthetic").mkdir(parents=True)
     (project_root / "data/raw/synthetic/planted_effects.json").write_text(json.dumps(planted))
+    write_parquet(contributions, project_root / "data/raw/synthetic/true_contributions.parquet")
     champion = models[("xgboost", "none")]
     example = build_features(train.head(5), spec)
     info = json.loads(champion.info.model_dump_json())
@@ -620,7 +678,8 @@ def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
     assert len(per_patient) == len(test)
     assert "patient_id" in per_patient.columns
     run_data = client.get_run(run_id).data
-    assert run_data.metrics["explain.fidelity.rank_spearman"] == pytest.approx(payload["fidelity"]["rank_spearman"])
+    for key in ("patient_correlation_median", "rank_spearman_true", "noise_share"):
+        assert run_data.metrics[f"explain.fidelity.{key}"] == pytest.approx(payload["fidelity"][key])
     logged = {a.path for a in client.list_artifacts(run_id, "explain")}
     assert {"explain/fidelity.json", "explain/importance.csv", "explain/figures"} <= logged
     figures_logged = {a.path for a in client.list_artifacts(run_id, "explain/figures")}
@@ -639,7 +698,8 @@ def test_dvc_yaml_declares_the_stage_and_its_metrics_for_every_task() -> None:
     deps = stage["do"]["deps"]
     for needed in (
         "pipeline/explain.py", "pipeline/contributions.py", "models/${key}", "data/processed/${key}/test.parquet",
-        "data/raw/synthetic/planted_effects.json",
+        "data/raw/synthetic/planted_effects.json", "data/raw/synthetic/true_contributions.parquet",
+        "pipeline/calibration.py", "pipeline/design.py",
     ):  # fmt: skip
         assert needed in deps
     # the per-patient out must not overlap the split stage's data/processed/<task>

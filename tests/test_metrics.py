@@ -850,3 +850,25 @@ def test_batched_auprc_equals_sklearn_on_resamples_with_ties() -> None:
                 assert np.isnan(row)
             else:
                 assert row == pytest.approx(average_precision_score(y[resample], p[resample]), abs=1e-12)
+
+
+def test_delong_by_hand_and_its_leave_one_out_range() -> None:
+    """Placements: events 0.9 -> 1, 0.4 -> 2/3; non-events 0.5 -> 1/2, 0.2 -> 1, 0.1 -> 1. AUROC 5/6,
+    variance (1/18)/2 + (1/12)/3 = 1/18. Leaving out the event 0.9 gives 2/3, the event 0.4 gives 1."""
+    y = np.array([1, 1, 0, 0, 0])
+    p = np.array([0.9, 0.4, 0.5, 0.2, 0.1])
+    result = m.delong_ci(y, p, level=0.95)
+    assert result.estimate == pytest.approx(5 / 6, abs=1e-12)
+    assert result.se == pytest.approx(math.sqrt(1 / 18), abs=1e-12)
+    centre, half = math.log(5), 1.959963984540054 * math.sqrt(1 / 18) / (5 / 36)
+    expected = (special.expit(centre - half), special.expit(centre + half))
+    assert (result.lower, result.upper) == pytest.approx(expected, abs=1e-9)
+    assert (result.loo_min, result.loo_max) == pytest.approx((2 / 3, 1.0), abs=1e-12)
+
+
+def test_delong_refuses_an_interval_with_a_single_event() -> None:
+    result = m.delong_ci(np.array([1, 0, 0, 0]), np.array([0.3, 0.1, 0.5, 0.2]))
+    assert result.estimate == pytest.approx(2 / 3)
+    assert math.isnan(result.lower)
+    assert math.isnan(result.upper)
+    assert math.isnan(result.se)

@@ -280,37 +280,65 @@ def fabricate(root: Path, contract, *, external: bool = True, explain: bool = Tr
             "calibration": "none",
             "best_params": {"model__C": 0.03} if name == "logreg" else {"max_depth": 3, "learning_rate": 0.1},
         }  # fmt: skip
+    internal = {
+        name: {"apparent": value + 0.02, "optimism": 0.0213, "corrected": value, "corrected_lower": value - 0.04,
+               "corrected_upper": value + 0.04}
+        for name, value in (("auroc", 0.6712), ("calibration_slope", 0.9634), ("calibration_in_the_large", -0.0123),
+                            ("brier", 0.2277))
+    } | {"method": "Harrell", "repetitions": 200, "repetitions_used": 199, "repetitions_failed": 1,
+         "confidence_level": 0.95, "n": 900, "events": 360}  # fmt: skip
+    selection = {
+        "metric": "log_loss", "rule": "one_se", "se_multiplier": 1.0, "simplicity_order": ["logreg", "xgboost"],
+        "best_by_metric": "xgboost", "champion": "logreg",
+        "candidates": {
+            "logreg": {"mean_loss": 0.6391, "margin": 0.0014, "margin_se": 0.0019, "margin_in_se": 0.7368,
+                       "eligible": True, "simplicity_rank": 1},
+            "xgboost": {"mean_loss": 0.6377, "margin": 0.0, "margin_se": 0.0, "margin_in_se": 0.0, "eligible": True,
+                        "simplicity_rank": 2},
+        },
+    }  # fmt: skip
     _write_json(
         root / f"reports/{TASK}/cv_metrics.json",
-        {"task": TASK, "champion": "logreg", "selection_metric": "log_loss", "n_train": 900, "events_train": 360,
-         "candidates": candidates},
+        {"task": TASK, "champion": "logreg", "selection": selection, "n_train": 900, "events_train": 360,
+         "candidates": candidates, "internal_validation": internal},
     )  # fmt: skip
 
     evaluation = root / f"reports/{TASK}/evaluation"
     test = _performance(rng, 300, 120)
     test["candidates"] = {
         name: {**_performance(rng, 300, 120), "oracle_gap_auroc": -0.013, "oracle_gap_auroc_lower": -0.04,
-               "oracle_gap_auroc_upper": 0.012}
+               "oracle_gap_auroc_upper": 0.012, "predictors_gap_auroc": -0.0087,
+               "predictors_gap_auroc_lower": -0.031, "predictors_gap_auroc_upper": 0.0142}
         for name in candidates
     }  # fmt: skip
     payload: dict[str, Any] = {
         "test": test,
+        "internal_validation": {k: v for k, v in internal.items() if k not in ("method", "confidence_level",
+                                                                             "repetitions_failed")},
         "oracle": _performance(rng, 300, 120),
+        "oracle_predictors": _performance(rng, 300, 120),
         "gap": {"auroc": -0.0113, "auroc_lower": -0.0251, "auroc_upper": 0.0036, "auroc_share_positive": 0.06,
                 "brier": 0.002, "brier_lower": -0.0018, "brier_upper": 0.0059},
+        "gap_predictors": {"auroc": -0.0071, "auroc_lower": -0.0199, "auroc_upper": 0.0061,
+                           "auroc_share_positive": 0.13, "brier": 0.0011, "brier_lower": -0.0021,
+                           "brier_upper": 0.0042},
+        "labels": {"n": 300, "agree": 0.9667, "disagree": 10},
     }  # fmt: skip
     report_json: dict[str, Any] = {
         "champion": {"candidate": "logreg", "calibration": "none", "estimator_sha256": SHA},
         "intervals": {"level": 0.95, "discrimination": "percentile bootstrap", "brier": "percentile bootstrap",
-                      "calibration_in_the_large_and_slope": "Wald"},
+                      "calibration_in_the_large_and_slope": "Wald", "internal_validation": "location-shifted"},
         "oracle": {"available": True, "column": "p_response_acute",
                    "leakage_check": {"passed": True, "rule": "stop if a model beats the oracle"}},
+        "oracle_predictors": {"available": True, "column": "p_response_acute_predictors"},
         "subgroups": {"min_cell": 10, "suppressed_rows": 2},
     }  # fmt: skip
     if external:
         payload["external"] = {
             "n": 27, "events": 6, "auroc": 0.3968, "auroc_lower": 0.1746, "auroc_upper": 0.627,
             "observed_rate": 0.2222, "observed_rate_lower": 0.1061, "observed_rate_upper": 0.4076,
+            "auroc_se": 0.1312, "auroc_bootstrap_lower": 0.1522, "auroc_bootstrap_upper": 0.6508,
+            "auroc_loo_min": 0.3412, "auroc_loo_max": 0.4667,
             "mean_predicted": 0.5464, "calibration_in_the_large": -1.449, "calibration_in_the_large_lower": -2.36,
             "calibration_in_the_large_upper": -0.54, "calibration_slope": -2.03, "calibration_slope_lower": -7.7,
             "calibration_slope_upper": 3.66, "features_entirely_missing": 10, "features_total": 17,
@@ -355,7 +383,9 @@ def fabricate(root: Path, contract, *, external: bool = True, explain: bool = Tr
         _write_json(
             folder / "fidelity.json",
             {"n_explained": 300, "additivity": {"max_abs_error": 2.1e-7},
-             "fidelity": {"n_features": 16, "n_planted": 11, "n_noise": 5, "rank_spearman": 0.8123,
+             "fidelity": {"n_features": 16, "n_planted": 11, "n_noise": 5, "patient_correlation_median": 0.8123,
+                          "patient_correlation_min": 0.1134, "rank_spearman_true": 0.7455, "noise_share": 0.0412,
+                          "patient_correlation": {"route": 0.9512, "age": 0.1134},
                           "sign_checked": 11, "sign_agree": 10, "sign_agreement": 0.9091, "noise_separation": 0.96}},
         )  # fmt: skip
         _write_json(
@@ -369,7 +399,8 @@ def fabricate(root: Path, contract, *, external: bool = True, explain: bool = Tr
              "unit": [None, "years", None], "mean_abs_shap": [0.3012, 0.1234, 0.0021],
              "share_of_total": [0.7, 0.29, 0.01], "mean_shap": [0.0, -0.0001, 0.0],
              "fidelity_role": ["planted effect", "planted effect", "noise (planted 0)"],
-             "planted_mean_abs_shap": [0.29, 0.05, 0.0], "planted_rank": [1, 2, 3]}
+             "planted_mean_abs_shap": [0.29, 0.05, 0.0], "planted_rank": [1, 2, 3],
+             "true_mean_abs_contribution": [0.2811, 0.0532, 0.0]}
         ).to_csv(folder / "importance.csv", index=False)  # fmt: skip
         pd.DataFrame(
             {"feature": ["age", "route"], "level": [None, "oral"],
@@ -420,7 +451,7 @@ def test_every_number_in_the_card_equals_the_file_it_names(project) -> None:
 
 def test_the_checker_catches_a_wrong_number(project) -> None:
     markdown, _, _ = build(project)
-    line = next(li for li in markdown.split("\n") if li.startswith("| AUROC, test split |"))
+    line = next(li for li in markdown.split("\n") if li.startswith("| AUROC, held-out test split |"))
     estimate = line.split("|")[2].strip()
     wrong = markdown.replace(line, line.replace(f"| {estimate} |", f"| {float(estimate) + 0.01:.3f} |", 1))
     with pytest.raises(AssertionError, match=r"test\.auroc"):
@@ -490,23 +521,59 @@ def test_the_card_changes_when_a_metric_changes(project) -> None:
     path.write_text(json.dumps(payload))
     after, _, _ = build(project)
     assert after != before
-    assert re.search(r"^\| AUROC, test split \| 0\.654 \|", after, flags=re.MULTILINE)
+    assert re.search(r"^\| AUROC, held-out test split \| 0\.654 \|", after, flags=re.MULTILINE)
     check_card(after, project)
 
 
 def test_readings_follow_the_intervals(project) -> None:
     markdown, _, _ = build(project)
     assert "The real cohort neither supports nor refutes the model: its AUROC interval includes 0.5" in markdown
-    assert "cannot be distinguished from the oracle" in markdown
+    assert "cannot be distinguished from the predictors-only reference" in markdown
+    assert "the held-out AUROC interval contains the optimism-corrected AUROC" in markdown
     path = project / f"reports/{TASK}/evaluation/metrics.json"
     payload = json.loads(path.read_text())
     payload["external"] |= {"auroc": 0.2, "auroc_lower": 0.05, "auroc_upper": 0.45}
-    payload["gap"] |= {"auroc_upper": -0.001}
+    payload["gap_predictors"] |= {"auroc_upper": -0.001}
+    payload["internal_validation"]["auroc"]["corrected"] = 0.9  # outside the held-out interval
     path.write_text(json.dumps(payload))
     markdown, _, _ = build(project)
     assert "the model ranks worse than chance" in markdown
     assert "neither supports nor refutes" not in markdown
-    assert "less well than the oracle" in markdown
+    assert "less well than the predictors-only reference" in markdown
+    assert "does not contain the optimism-corrected AUROC" in markdown
+    # without the predictors-only reference, the reading falls back to the generating probability
+    del payload["gap_predictors"], payload["oracle_predictors"]
+    payload["gap"] |= {"auroc_upper": -0.001}
+    path.write_text(json.dumps(payload))
+    markdown, _, _ = build(project)
+    assert "less well than the generating probability" in markdown
+
+
+def test_the_card_leads_with_internal_validation_and_names_the_selection_rule(project) -> None:
+    markdown, _, _ = build(project)
+    summary = markdown.split("## 2. Summary")[1].split("## 3.")[0]
+    rows = [line for line in summary.split("\n") if line.startswith("| AUROC")]
+    assert rows[0].startswith("| AUROC, optimism-corrected")  # internal validation first, then the held-out split
+    assert rows[1].startswith("| AUROC, held-out test split")
+    assert "predictors-only probability" in summary
+    assert "generating probability" in summary
+    assert "within 1 paired standard error(s) of the lowest" in markdown
+    assert "Selection: the declared rule and the margins" in markdown
+    assert "The champion is a tree ensemble" not in markdown  # the champion is logreg here
+
+
+def test_a_tree_champion_gets_the_effective_parameters_warning(project) -> None:
+    for relative in ("models/acute/artifacts/model_info.json", "reports/acute/cv_metrics.json"):
+        path = project / relative
+        payload = json.loads(path.read_text())
+        payload["candidate" if "model_info" in relative else "champion"] = "xgboost"
+        path.write_text(json.dumps(payload))
+    path = project / f"reports/{TASK}/evaluation/evaluation.json"
+    payload = json.loads(path.read_text())
+    payload["champion"]["candidate"] = "xgboost"
+    path.write_text(json.dumps(payload))
+    markdown, _, _ = build(project)
+    assert "The champion is a tree ensemble" in markdown.split("## 9.")[1].split("## 10.")[0]
 
 
 def test_the_card_says_when_the_test_split_would_have_picked_another_candidate(project) -> None:
@@ -579,6 +646,20 @@ def test_required_sections_and_statements(project) -> None:
         if row[2].startswith("§"):
             number, title = row[2][1:].split(" ", 1)
             assert f"{number}. {title}" in anchors
+
+
+def identifying(ids: set[str]) -> set[str]:
+    """The patient ids a card could be checked for: a bare number of up to 5 digits (patient 1, 100 of a trial)
+    reads the same as a count or a value in the card, so it is no evidence of a leak; longer numbers (record
+    numbers) and ids with other characters are."""
+    return {patient for patient in ids if not re.fullmatch(r"\d{1,5}", patient.strip())}
+
+
+def test_the_privacy_check_matches_real_identifiers_only() -> None:
+    ids = {"1", "100", "12345", "syn-000123", "sub-MOA999", "483920", "P07"}
+    assert identifying(ids) == {"syn-000123", "sub-MOA999", "483920", "P07"}
+    words = set(re.findall(r"[A-Za-z0-9_-]+", "n = 100 patients, 1 site; record 483920"))
+    assert identifying(ids) & words == {"483920"}
 
 
 def test_no_patient_identifier_in_the_card(project) -> None:
@@ -783,4 +864,4 @@ def test_card_over_the_real_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
     if cohort.is_file():
         ids |= set(pd.read_parquet(cohort, columns=["patient_id"])["patient_id"].astype(str))
     words = set(re.findall(r"[A-Za-z0-9_-]+", markdown))
-    assert not ids & words
+    assert not identifying(ids) & words

@@ -46,6 +46,7 @@ from pipeline.synthesize import (
     stage_rngs,
     synthesize,
     term_values,
+    true_contributions,
 )
 from pipeline.synthesize.export import EXPORT_COLUMNS, IMPOSSIBLE_RANGES, export_layout
 from pipeline.synthesize.outcomes import madrs_from_latent, probability_given_markers, remission_threshold
@@ -56,7 +57,13 @@ from tests.conftest import REPO_ROOT
 SEED = 20261127
 LARGE_N = 40_000  # enough for the regression and calibration checks, still well under a second to generate
 Z_TOLERANCE = 4.0  # binomial/normal tolerances in standard errors
-OUTPUT_FILES = ("export.parquet", "truth.parquet", "corruptions.parquet", "planted_effects.json")
+OUTPUT_FILES = (
+    "export.parquet",
+    "truth.parquet",
+    "corruptions.parquet",
+    "planted_effects.json",
+    "true_contributions.parquet",
+)
 
 
 # --- fixtures and helpers -------------------------------------------------------------------------------------
@@ -322,6 +329,9 @@ def test_logistic_regression_recovers_the_planted_effects(
         ("p_remission_end", "remission_end"),
         ("p_sustained_week8", "sustained_week8"),
         ("p_response_end_early", "response_end"),
+        ("p_response_acute_predictors", "response_acute"),
+        ("p_response_end_predictors", "response_end"),
+        ("p_response_end_early_predictors", "response_end"),
     ],
 )
 def test_true_probabilities_are_calibrated(large: SimulatedTruth, probability: str, outcome: str) -> None:
@@ -411,6 +421,51 @@ def test_response_probability_is_the_logistic_of_the_planted_predictor(
     site_offset = truth["site"].map({s.name: s.intercept for s in params.sites}).to_numpy()
     eta = large.model.intercepts["end"] + site_offset + sum(coefficients[t] * terms[t] for t in terms)
     np.testing.assert_allclose(truth["p_response_end"], expit(eta), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["p_response_acute", "p_response_end", "p_response_end_early"])
+def test_site_marginal_probability_averages_the_site_away(large: SimulatedTruth, name: str) -> None:
+    """E[p given site] = E[p with the site marginalised] (the law of total expectation), within Monte Carlo error;
+    the two differ patient by patient, and neither is further than the largest site offset allows."""
+    truth = large.frame
+    difference = truth[name].to_numpy() - truth[f"{name}_predictors"].to_numpy()
+    assert abs(difference.mean()) <= Z_TOLERANCE * difference.std() / np.sqrt(difference.size)
+    assert difference.std() > 0.005  # the site offsets move patients' probabilities
+
+
+def test_site_marginal_probability_is_exact_where_the_predictors_fix_the_site(large: SimulatedTruth) -> None:
+    """Oral ketamine with structured KAP happens at one site only (params), so nothing is left to marginalise."""
+    truth = large.frame
+    one_site = ((truth["route"] == "oral") & (truth["psychotherapy"] == "structured_kap")).to_numpy()
+    assert truth.loc[one_site, "site"].nunique() == 1
+    for name in ("p_response_acute", "p_response_end", "p_response_end_early"):
+        np.testing.assert_allclose(truth.loc[one_site, f"{name}_predictors"], truth.loc[one_site, name], atol=1e-12)
+        assert not np.allclose(truth.loc[~one_site, f"{name}_predictors"], truth.loc[~one_site, name], atol=1e-3)
+
+
+def test_without_site_offsets_both_references_coincide(params: SynthesizeParams) -> None:
+    sites = [site.model_copy(update={"intercept": 0.0}) for site in params.sites]
+    flat = simulate_truth(params.model_copy(update={"n_patients": 3000, "sites": sites}), np.random.default_rng(4))
+    for name in ("p_response_acute", "p_response_end", "p_response_end_early"):
+        np.testing.assert_allclose(flat.frame[f"{name}_predictors"], flat.frame[name], rtol=0, atol=1e-9)
+
+
+def test_true_contributions_add_up_to_the_true_log_odds(large: SimulatedTruth, params: SynthesizeParams) -> None:
+    """Per patient, the features' true contributions sum to the true log-odds minus its cohort mean, site offset
+    excluded; the route x age product is shared so that both features get a part of it."""
+    truth = large.frame
+    contributions = true_contributions(truth, params)
+    offsets = truth["site"].map({s.name: s.intercept for s in params.sites}).to_numpy()
+    for outcome, probability in (("response_acute", "p_response_acute"), ("response_end", "p_response_end")):
+        columns = [c for c in contributions.columns if c.startswith(f"{outcome}.")]
+        eta = np.log(truth[probability] / (1 - truth[probability])).to_numpy() - offsets
+        np.testing.assert_allclose(contributions[columns].sum(axis=1), eta - eta.mean(), atol=1e-8)
+        assert f"{outcome}.sex" not in contributions.columns  # noise features have no column (their truth is 0)
+    older = ((truth["route"] == "intranasal_esketamine") & (truth["age"] >= 65)).to_numpy()
+    young = ((truth["route"] == "intranasal_esketamine") & (truth["age"] < 40)).to_numpy()
+    # the age contribution of older esketamine patients carries part of their -0.8 penalty
+    age = contributions["response_acute.age"].to_numpy()
+    assert age[older].mean() < age[young].mean() - 0.2
 
 
 # --- the messy export -------------------------------------------------------------------------------------------
@@ -514,7 +569,7 @@ def test_scores_are_recorded_on_the_site_scale(cohort: SyntheticCohort, scales: 
             on_scale = ok & (scale == name)
             assert recorded[on_scale].between(low, high).all()
             assert (recorded[on_scale] == recorded[on_scale].round()).all()
-            if name != "madrs":
+            if name != "madrs" and on_scale.any():  # the registry also holds scales no site records
                 back = scales.to_madrs(recorded[on_scale].to_numpy(), name)
                 error = back - truth.loc[on_scale, canonical].to_numpy()
                 assert abs(error.mean()) < 1.0  # linking is unbiased; rating noise averages out

@@ -11,16 +11,23 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import tracking
+from pipeline.calibration import CalibratedModel, apply_calibrator, calibrate, fit_calibrator
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureColumn, FeatureSpec
-from pipeline.model import OUTPUT_COLUMN, feature_signature, load_bundle, save_bundle
+from pipeline.model import OUTPUT_COLUMN, dump_estimator, feature_signature, load_bundle, load_estimator, save_bundle
 from pipeline.train import (
     CandidateParams,
     CandidateResult,
+    SelectionParams,
     TrainParams,
     choose_calibration,
+    evaluate_candidate,
+    fit_final,
+    internal_validation,
     log_to_mlflow,
+    make_estimator,
     select_champion,
+    selection_table,
     train_task,
 )
 
@@ -28,10 +35,11 @@ from pipeline.train import (
 def tiny_params(**overrides) -> TrainParams:
     raw = {
         "cv_folds": 3,
-        "selection_metric": "log_loss",
+        "selection": {"metric": "log_loss", "rule": "one_se", "simplicity_order": ["logreg", "xgboost", "hist_gb"]},
         "calibration_methods": ["none", "sigmoid", "isotonic"],
         "cv_bootstrap_repetitions": 50,
         "n_jobs": 1,
+        "internal_validation": {"bootstrap_repetitions": 20},
         "candidates": {
             "logreg": {"search_iterations": 2, "grid": {"C": [0.1, 1.0]}},
             "xgboost": {"search_iterations": 1, "grid": {"n_estimators": [30], "max_depth": [2]}},
@@ -61,24 +69,55 @@ def trained(tiny_data):
     return train_task("acute", "response_acute", X, y, params=tiny_params(), seed=3)
 
 
-def test_every_candidate_trains_and_reports_cv_metrics(trained) -> None:
+def test_every_candidate_trains_and_reports_cv_metrics(trained, tiny_data) -> None:
     assert [r.name for r in trained.results] == ["logreg", "xgboost", "hist_gb"]
     for result in trained.results:
         assert 0.0 <= result.cv["cv_auroc_lower"] <= result.cv["cv_auroc"] <= result.cv["cv_auroc_upper"] <= 1.0
         assert result.calibration in ("none", "sigmoid", "isotonic")
         assert ((result.oof > 0) & (result.oof < 1)).all()
-    assert trained.champion is select_champion(trained.results, "log_loss")
+    _, y = tiny_data
+    assert trained.champion is select_champion(trained.results, y, tiny_params().selection)
+    assert set(trained.selection["candidates"]) == {"logreg", "xgboost", "hist_gb"}
+    assert trained.selection["candidates"][trained.selection["best_by_metric"]]["margin"] == 0.0
 
 
-def test_champion_is_chosen_by_the_declared_metric() -> None:
-    def result(name: str, log_loss: float, auroc: float) -> CandidateResult:
-        return CandidateResult(
-            name, {}, "none", np.array([0.5]), {"cv_log_loss": log_loss, "cv_auroc": auroc, "cv_brier": 0.2}
-        )
+def _selection(rule: str = "one_se", multiplier: float = 1.0) -> SelectionParams:
+    return SelectionParams(
+        metric="log_loss", rule=rule, se_multiplier=multiplier, simplicity_order=["logreg", "xgboost"]
+    )
 
-    results = [result("a", 0.60, 0.70), result("b", 0.65, 0.75)]
-    assert select_champion(results, "log_loss").name == "a"
-    assert select_champion(results, "auroc").name == "b"
+
+def _candidates(shift: float) -> tuple[list[CandidateResult], np.ndarray]:
+    """Two candidates on the same 2,000 patients, each with its own noise; xgboost's is smaller by ``shift``."""
+    rng = np.random.default_rng(1)
+    truth = rng.normal(0, 1, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-truth))).astype(int)
+    noisy, better = truth + rng.normal(0, 1, 2000), truth + rng.normal(0, 1, 2000) * (1 - shift)
+    results = [
+        CandidateResult("logreg", {}, "none", 1 / (1 + np.exp(-0.6 * noisy)), {}),
+        CandidateResult("xgboost", {}, "none", 1 / (1 + np.exp(-0.6 * better)), {}),
+    ]
+    return results, y
+
+
+def test_one_se_rule_keeps_the_simpler_candidate_within_one_se_of_the_best() -> None:
+    results, y = _candidates(shift=0.08)  # xgboost a little better: a near-tie (0.4 SE)
+    table = selection_table(results, y, _selection())
+    assert table["best_by_metric"] == "xgboost"
+    row = table["candidates"]["logreg"]
+    assert 0 < row["margin"] <= row["margin_se"]
+    assert select_champion(results, y, _selection()).name == "logreg"
+    assert select_champion(results, y, _selection("best")).name == "xgboost"
+
+
+def test_one_se_rule_takes_the_better_candidate_beyond_one_se() -> None:
+    results, y = _candidates(shift=0.5)  # xgboost clearly better
+    table = selection_table(results, y, _selection())
+    assert table["candidates"]["logreg"]["margin_in_se"] > 1.0
+    assert not table["candidates"]["logreg"]["eligible"]
+    assert select_champion(results, y, _selection()).name == "xgboost"
+    # a wide enough band hands it back to the simpler candidate
+    assert select_champion(results, y, _selection(multiplier=5.0)).name == "logreg"
 
 
 def test_calibration_choice_prefers_the_simpler_method_on_calibrated_scores() -> None:
@@ -100,6 +139,73 @@ def test_unknown_hyperparameter_fails_before_fitting(tiny_data) -> None:
         train_task("acute", "response_acute", X, y, params=params, seed=0)
 
 
+def test_the_cv_calibrator_is_the_shipped_calibrator(tiny_data) -> None:
+    """One implementation: the calibrator the CV chose (fitted on the selection's out-of-fold probabilities, from
+    the same shuffled folds) is the one inside the saved model, and both give the same probabilities."""
+    X, y = tiny_data
+    for method in ("sigmoid", "isotonic"):
+        params = tiny_params(calibration_methods=[method])
+        result = evaluate_candidate("xgboost", params.candidates["xgboost"], params, X, y, seed=3)
+        assert result.calibration == method
+        shipped = fit_final(result, X, y, folds=params.cv_folds, seed=3)
+        assert isinstance(shipped, CalibratedModel)
+        cv_calibrator = fit_calibrator(method, result.raw_oof, y)
+        for key, value in cv_calibrator.items():
+            np.testing.assert_allclose(shipped.calibrator[key], value, rtol=0, atol=1e-12) if key != "method" else None
+        base = shipped.estimator_.predict_proba(X)[:, 1]
+        # the CV's fit-and-apply (choose_calibration's per-fold step) on the same data gives the shipped numbers
+        np.testing.assert_allclose(
+            shipped.predict_proba(X)[:, 1], calibrate(method, result.raw_oof, y, base), atol=1e-12
+        )
+        np.testing.assert_allclose(shipped.predict_proba(X)[:, 1], apply_calibrator(cv_calibrator, base), atol=1e-12)
+        # the shipped model's own folds are the selection's: recomputing the out-of-fold probabilities agrees
+        refit = CalibratedModel(shipped.estimator, method=method, cv_folds=params.cv_folds, seed=3).fit(X, y)
+        np.testing.assert_allclose(refit.predict_proba(X), shipped.predict_proba(X), atol=1e-9)
+
+
+def test_a_different_calibrator_would_be_caught(tiny_data) -> None:
+    """The agreement above can fail: a calibrator fitted on other data gives other probabilities."""
+    X, y = tiny_data
+    params = tiny_params(calibration_methods=["sigmoid"])
+    result = evaluate_candidate("xgboost", params.candidates["xgboost"], params, X, y, seed=3)
+    shipped = fit_final(result, X, y, folds=params.cv_folds, seed=3)
+    base = shipped.estimator_.predict_proba(X)[:, 1]
+    other = calibrate("sigmoid", base, y, base)  # fitted in-sample, not out of fold
+    assert np.abs(shipped.predict_proba(X)[:, 1] - other).max() > 1e-3
+
+
+@pytest.mark.parametrize("candidate", ["logreg_spline", "xgboost"])
+def test_own_estimators_round_trip_through_skops_with_the_trusted_list(tiny_data, tmp_path, candidate) -> None:
+    X, y = tiny_data
+    estimator = make_estimator(candidate, seed=0, interactions=[("age", "bmi")])
+    if candidate == "xgboost":
+        estimator.set_params(n_estimators=20)
+    model = CalibratedModel(estimator, method="isotonic", cv_folds=3, seed=0).fit(X, y)
+    digest = dump_estimator(model, tmp_path / "m.skops")
+    loaded = load_estimator(tmp_path / "m.skops", digest)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+
+
+def test_internal_validation_corrects_an_overfitted_model(tiny_data) -> None:
+    """Bootstrap optimism: positive for AUROC and slope of a barely regularised model, so the corrected values lie
+    below the apparent ones; reproducible; every repetition counted."""
+    X, y = tiny_data
+    params = tiny_params(internal_validation={"bootstrap_repetitions": 30})
+    result = CandidateResult("xgboost", {"n_estimators": 60, "max_depth": 4, "learning_rate": 0.1}, "none",
+                             np.full(len(y), 0.4), {})  # fmt: skip
+    model = fit_final(result, X, y, folds=3, seed=0)
+    first = internal_validation(result, model, X, y, params=params, seed=0)
+    assert first["repetitions_used"] + first["repetitions_failed"] == 30
+    assert first["auroc"]["optimism"] > 0.05
+    assert first["calibration_slope"]["optimism"] > 0.3
+    assert first["auroc"]["corrected"] == pytest.approx(first["auroc"]["apparent"] - first["auroc"]["optimism"])
+    for name in ("auroc", "calibration_slope", "calibration_in_the_large", "brier"):
+        entry = first[name]
+        assert entry["corrected_lower"] <= entry["corrected"] <= entry["corrected_upper"], name
+    again = internal_validation(result, model, X, y, params=params, seed=0)
+    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in first.items() if k != "seconds"}
+
+
 def test_bad_train_params_are_refused() -> None:
     with pytest.raises(ValueError, match="risk_bands"):
         tiny_params(risk_bands=[{"name": "a", "upper": 0.6}, {"name": "b", "upper": 0.4}])
@@ -109,6 +215,15 @@ def test_bad_train_params_are_refused() -> None:
         CandidateParams.model_validate({"search_iterations": 0, "grid": {"C": [1.0]}})
     with pytest.raises(ValueError, match="svm"):
         tiny_params(candidates={"svm": {"search_iterations": 1, "grid": {"C": [1.0]}}})
+    with pytest.raises(ValueError, match="simplicity_order must list every candidate"):
+        tiny_params(selection={"metric": "log_loss", "rule": "one_se", "simplicity_order": ["logreg"]})
+    with pytest.raises(ValueError, match="only logreg_spline takes interactions"):
+        tiny_params(
+            candidates={"logreg": {"search_iterations": 1, "grid": {"C": [1.0]}, "interactions": [["age", "bmi"]]}},
+            selection={"metric": "log_loss", "rule": "best", "simplicity_order": ["logreg"]},
+        )
+    with pytest.raises(ValueError, match="auroc"):  # the rule needs a per-patient loss
+        SelectionParams(metric="auroc", rule="best", simplicity_order=["logreg"])
 
 
 def test_gate_passes_and_refuses() -> None:
@@ -203,7 +318,16 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     runs = mlflow.search_runs(experiment_names=["trd-acute"])
     parents = runs[runs["tags.mlflow.parentRunId"].isna()].sort_values("start_time")
     assert parents["tags.gate_passed"].tolist() == ["True", "False"]
+    # the whole model's identity, as `trd score` prints it, on the run and on the registered version
+    assert set(parents["tags.model_manifest_sha256"]) == {local.manifest_sha256}
+    assert tags["model_manifest_sha256"] == local.manifest_sha256
     assert "AUROC" in parents["tags.gate_reasons"].iloc[1]
+    # the declared selection rule, the margins and the internal validation are on the run
+    assert "paired standard error" in parents["tags.selection_rule"].iloc[0]
+    assert "logreg +" in parents["tags.selection_margins"].iloc[0]
+    assert parents["metrics.internal_validation.auroc.corrected"].notna().all()
+    nested = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert nested["metrics.selection.margin"].notna().all()
     assert len(runs) == 2 * (1 + len(trained.results))  # parent + nested candidates, twice
 
     # evaluate and explain add to the newest training run of the same estimator, and to no other

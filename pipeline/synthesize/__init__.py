@@ -5,11 +5,16 @@ Outputs (data/raw/synthetic/):
 - ``export.parquet``: a messy clinic export in the raw columns, codes and units of configs/sources/synthetic.yaml;
 - ``truth.parquet``: one clean row per patient with every canonical column (configs/cohort_schema.yaml) and the
   true probabilities ``p_response_acute``, ``p_response_end``, ``p_remission_end``, ``p_sustained_week8`` (given
-  baseline) and ``p_response_end_early`` (given baseline and the early markers);
+  baseline and site) and ``p_response_end_early`` (given baseline, site and the early markers), and the same for
+  response with the site marginalised (``p_response_acute_predictors``, ``p_response_end_predictors``,
+  ``p_response_end_early_predictors``: the site is no task's predictor);
 - ``corruptions.parquet``: one row per damaged export cell (export_row, patient_id, kind, column, clean_value,
   export_value);
 - ``planted_effects.json``: the planted coefficients (marginal log-odds), their encodings, the mean |SHAP| of the
-  true model per feature, realised rates and the oracle AUROC per outcome.
+  true model per feature, realised rates and the oracle AUROC per outcome;
+- ``true_contributions.parquet``: every patient's exact SHAP value per planted feature in the true log-odds of
+  ``response_acute`` and ``response_end`` (columns ``<outcome>.<feature>``), what the explain stage's fidelity
+  checks compare the model's SHAP values with.
 
 Generative model (figures and citations are in params.yaml, ``synthesize:``; literature.md §8):
 
@@ -61,7 +66,7 @@ from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
-from pipeline.synthesize.effects import auroc, oracle_aurocs, planted_effects
+from pipeline.synthesize.effects import auroc, oracle_aurocs, planted_effects, true_contributions
 from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
 from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
 from pipeline.synthesize.params import SynthesizeParams
@@ -88,13 +93,20 @@ __all__ = [
     "stage_rngs",
     "synthesize",
     "term_values",
+    "true_contributions",
 ]
 
 logger = logging.getLogger(__name__)
 SECTION = "synthesize"
 PARAMS_USED = ("base.seed", SECTION)  # what dvc.yaml must declare for this stage (tests/test_dvc_yaml.py)
 SOURCE = "synthetic"
-OUTPUT_FILES = ("export.parquet", "truth.parquet", "corruptions.parquet", "planted_effects.json")
+OUTPUT_FILES = (
+    "export.parquet",
+    "truth.parquet",
+    "corruptions.parquet",
+    "planted_effects.json",
+    "true_contributions.parquet",
+)
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,7 @@ class SyntheticCohort:
     export: pd.DataFrame
     corruptions: pd.DataFrame
     planted_effects: dict[str, Any]
+    true_contributions: pd.DataFrame
 
 
 def stage_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
@@ -138,6 +151,7 @@ def synthesize(
         export=export,
         corruptions=corruptions,
         planted_effects=planted_effects(simulated, params),
+        true_contributions=true_contributions(simulated.frame, params),
     )
 
 
@@ -160,6 +174,7 @@ def main() -> None:
     write_parquet(cohort.truth, out / "truth.parquet")
     write_parquet(cohort.corruptions, out / "corruptions.parquet")
     write_json(cohort.planted_effects, out / "planted_effects.json")
+    write_parquet(cohort.true_contributions, out / "true_contributions.parquet")
 
     low, high = params.oracle_auroc_range
     for outcome, entry in cohort.planted_effects["outcomes"].items():

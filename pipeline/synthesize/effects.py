@@ -1,4 +1,5 @@
-"""The planted effects and oracle performance, as the explain and evaluate stages read them (planted_effects.json)."""
+"""The planted effects and oracle performance, as the explain and evaluate stages read them (planted_effects.json),
+and every patient's true contribution per feature to the log-odds (true_contributions.parquet)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from pipeline.synthesize.truth import SimulatedTruth
 
 DIGITS = 6  # rounding keeps the JSON short; it is deterministic either way
 PROJECTION_ROWS = 200_000  # the linear projection of the sustained log-odds uses at most this many rows
+
+# outcomes whose log-odds are exactly additive in the planted terms: outcome -> latent (true_contributions.parquet)
+ADDITIVE_OUTCOMES: dict[str, str] = {"response_acute": "acute", "response_end": "end"}
+CONTRIBUTION_SEPARATOR = "."  # true_contributions.parquet columns read "<outcome>.<canonical feature>"
 
 # outcome -> (true-probability column, latent whose coefficients apply, exact logistic-linear?)
 OUTCOMES: dict[str, tuple[str, str, bool]] = {
@@ -64,6 +69,53 @@ def _importance(
         centred = coefficients[term.name] * (terms[term.name] - terms[term.name].mean())
         contributions[key] = contributions.get(key, 0.0) + centred
     return {key: float(np.abs(values).mean()) for key, values in contributions.items()}
+
+
+def _factors(frame: pd.DataFrame, params: SynthesizeParams) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The two-feature terms as products u(a) * v(b), so their Shapley split can be exact."""
+    route = frame["route"].to_numpy(dtype=object)
+    age = frame["age"].to_numpy(dtype="float64")
+    return {
+        "esketamine_older_adult": (
+            (route == "intranasal_esketamine").astype("float64"),
+            (age >= params.treatment.older_adult_age).astype("float64"),
+        )
+    }
+
+
+def true_contributions(frame: pd.DataFrame, params: SynthesizeParams) -> pd.DataFrame:
+    """Every patient's exact SHAP value per canonical feature in the true log-odds of each additive outcome.
+
+    A one-feature term contributes ``beta * (term - mean term)`` (centred on the generated cohort, the background);
+    a product term ``beta * u(a) v(b)`` is shared by the exact interventional Shapley split:
+    ``phi_a = beta/2 * [(u mean(v) - mean(uv)) + (u v - mean(u) v)]``, symmetrically for ``b``. The site offset is
+    not a predictor and is left out. Only features with a planted effect get a column (the others are 0).
+    """
+    terms = term_values(frame, params)
+    coefficients = planted_coefficients(params)
+    factors = _factors(frame, params)
+    columns: dict[str, np.ndarray] = {"patient_id": frame["patient_id"].to_numpy(dtype=object)}
+    for outcome, latent in ADDITIVE_OUTCOMES.items():
+        values: dict[str, np.ndarray] = {}
+        for term in model_terms(params):
+            beta = coefficients[latent][term.name]
+            if beta == 0.0:
+                continue
+            if len(term.features) == 1:
+                share = {term.features[0]: beta * (terms[term.name] - terms[term.name].mean())}
+            elif term.name in factors:
+                u, v = factors[term.name]
+                mean_u, mean_v, mean_uv = u.mean(), v.mean(), (u * v).mean()
+                share = {
+                    term.features[0]: beta * 0.5 * ((u * mean_v - mean_uv) + (u * v - mean_u * v)),
+                    term.features[1]: beta * 0.5 * ((mean_u * v - mean_uv) + (u * v - u * mean_v)),
+                }
+            else:  # pragma: no cover (every planted product is factorised above)
+                raise ValueError(f"no factorisation of the interaction term '{term.name}'")
+            for feature, value in share.items():
+                values[feature] = values.get(feature, 0.0) + value
+        columns |= {f"{outcome}{CONTRIBUTION_SEPARATOR}{feature}": v for feature, v in sorted(values.items())}
+    return pd.DataFrame(columns)
 
 
 def planted_effects(simulated: SimulatedTruth, params: SynthesizeParams) -> dict[str, Any]:

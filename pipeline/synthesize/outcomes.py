@@ -281,10 +281,28 @@ def probability_given_markers(
     of two bivariate-normal orthants); B is integrated over its interval by Gauss-Legendre in Phi(b), where the
     integrand is smooth because |rho_b| is small (one node is exact when rho_b = 0).
     """
-    out = np.empty_like(threshold, dtype="float64")
+    joint, marker = markers_joint(threshold, a_interval, rho_a, b_cdf_interval, rho_b, b_nodes=b_nodes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(marker > 0, np.clip(joint / marker, 0.0, 1.0), ndtr(-threshold))
+
+
+def markers_joint(
+    threshold: np.ndarray,
+    a_interval: tuple[np.ndarray, np.ndarray],
+    rho_a: float,
+    b_cdf_interval: tuple[np.ndarray, np.ndarray],
+    rho_b: np.ndarray,
+    *,
+    b_nodes: int = 6,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(N > threshold, A in a_interval, B in b_interval), P(A in a_interval, B in b_interval)), both divided by
+    the same per-row constant (the width of B's interval in Phi): their ratio is :func:`probability_given_markers`,
+    and the second, compared across rows' alternative thresholds and A-intervals, is a likelihood of the markers."""
+    joint = np.empty_like(threshold, dtype="float64")
+    marker = np.empty_like(threshold, dtype="float64")
     for rho in np.unique(rho_b):
         rows = rho_b == rho
-        out[rows] = _given_markers(
+        joint[rows], marker[rows] = _given_markers(
             threshold[rows],
             (a_interval[0][rows], a_interval[1][rows]),
             rho_a,
@@ -292,7 +310,7 @@ def probability_given_markers(
             rho_b=float(rho),
             b_nodes=1 if rho == 0 else b_nodes,
         )
-    return out
+    return joint, marker
 
 
 def _given_markers(
@@ -303,7 +321,7 @@ def _given_markers(
     *,
     rho_b: float,
     b_nodes: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     sd_n = np.sqrt(1.0 - rho_b**2)  # N | B = b
     sd_a = np.sqrt(1.0 - (rho_a * rho_b) ** 2)  # A | B = b
     rho_na = rho_a * sd_n / sd_a  # corr(N, A | B = b)
@@ -323,8 +341,7 @@ def _given_markers(
         a_high = (a_interval[1] - rho_a * rho_b * b) / sd_a
         joint += weight * (bivariate_normal_upper(h, a_low, rho_na) - bivariate_normal_upper(h, a_high, rho_na))
         marker += weight * _interval_probability(a_low, a_high)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(marker > 0, np.clip(joint / marker, 0.0, 1.0), ndtr(-threshold))
+    return joint, marker
 
 
 # --- calibration ----------------------------------------------------------------------------------------------

@@ -20,12 +20,13 @@ from pipeline.synthesize.outcomes import (
     linear_predictors,
     logistic_from_normal,
     madrs_from_latent,
+    markers_joint,
     normal_from_logistic,
     probability_given_markers,
     remission_threshold,
     term_values,
 )
-from pipeline.synthesize.params import ROUTES, SynthesizeParams
+from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES, SynthesizeParams
 
 COHORT_NAME = "synthetic"
 
@@ -69,13 +70,17 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
 )
 # site, baseline predictors and treatment plan: what simulate_baseline() returns
 BASELINE_COLUMNS = CANONICAL_COLUMNS[CANONICAL_COLUMNS.index("site") : CANONICAL_COLUMNS.index("psychotherapy") + 1]
-# P(outcome | what is known at the task's prediction time), exact under the generating model
+# P(outcome | what is known at the task's prediction time), exact under the generating model (site included);
+# the *_predictors columns marginalise the site, which no task sees (see site_posterior)
 PROBABILITY_COLUMNS: tuple[str, ...] = (
     "p_response_acute",
     "p_response_end",
     "p_remission_end",
     "p_sustained_week8",
     "p_response_end_early",
+    "p_response_acute_predictors",
+    "p_response_end_predictors",
+    "p_response_end_early_predictors",
 )
 RACEMIC_ROUTES = ("iv_racemic", "oral", "im_sc")  # CADSS predicts response for racemic ketamine only (lit §8c)
 
@@ -158,6 +163,10 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         np.where(cadss_int > 0, cdf_table[route_index, np.maximum(cadss_int - 1, 0)], 0.0),
         cdf_table[route_index, cadss_int],
     )
+    predictors_only = _site_marginal(
+        params, columns, route_index=route_index, site_index=site_index, eta=eta, madrs_24h=madrs_24h,
+        cadss_cdf_interval=cadss_cdf_interval, rho_cadss=rho_cadss, model=model,
+    )  # fmt: skip
     probabilities = {
         "p_response_acute": expit(eta["acute"]),
         "p_response_end": expit(eta["end"]),
@@ -166,6 +175,7 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         "p_response_end_early": probability_given_markers(
             end_cut, h24_interval, corr.h24_acute * corr.acute_end, cadss_cdf_interval, rho_cadss
         ),
+        **predictors_only,
     }
 
     half_baseline = RESPONSE_FRACTION * madrs_baseline
@@ -194,6 +204,79 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         }
     )
     return SimulatedTruth(frame=frame, model=model)
+
+
+def _site_marginal(
+    params: SynthesizeParams,
+    columns: dict[str, np.ndarray],
+    *,
+    route_index: np.ndarray,
+    site_index: np.ndarray,
+    eta: dict[str, np.ndarray],
+    madrs_24h: np.ndarray,
+    cadss_cdf_interval: tuple[np.ndarray, np.ndarray],
+    rho_cadss: np.ndarray,
+    model: CalibratedModel,
+) -> dict[str, np.ndarray]:
+    """The true probabilities with the site marginalised over :func:`site_posterior` (what a model of the
+    predictors, which never see the site, can at best reach); for the first-dose task the 24-h MADRS, whose
+    latent shares the acute linear predictor and so the site offset, re-weights the sites too."""
+    n = len(site_index)
+    corr = params.outcomes.latent_correlation
+    weights = site_posterior(columns, route_index, params)
+    offsets = np.array([site.intercept for site in params.sites])
+    without_site = {latent: values - offsets[site_index] for latent, values in eta.items()}
+    joint_sum, marker_sum = np.zeros(n), np.zeros(n)
+    for k, offset in enumerate(offsets):
+        joint, marker = markers_joint(
+            normal_from_logistic(-(without_site["end"] + offset)),
+            _score_interval(
+                madrs_24h, columns["madrs_baseline"], without_site["acute"] + offset, model.spread, model.max_ratio
+            ),
+            corr.h24_acute * corr.acute_end,
+            cadss_cdf_interval,
+            rho_cadss,
+        )
+        joint_sum += weights[:, k] * joint
+        marker_sum += weights[:, k] * marker
+    out = {
+        "p_response_acute_predictors": (weights * expit(without_site["acute"][:, None] + offsets)).sum(axis=1),
+        "p_response_end_predictors": (weights * expit(without_site["end"][:, None] + offsets)).sum(axis=1),
+    }
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["p_response_end_early_predictors"] = np.where(
+            marker_sum > 0, np.clip(joint_sum / marker_sum, 0.0, 1.0), out["p_response_end_predictors"]
+        )
+    return out
+
+
+def site_posterior(columns: dict[str, np.ndarray], route_index: np.ndarray, params: SynthesizeParams) -> np.ndarray:
+    """P(site | age, route, psychotherapy) per patient, shape (n, sites): the site's share times the probability of
+    the patient's whole-year age under its truncated normal, its route share and its psychotherapy share.
+
+    These are the only predictors whose distribution the generator ties to the site directly. Not included: the
+    weak information the Gaussian copula lends to traits correlated with age (failed trials, rho 0.25 on the
+    latent scale, and through them prior ECT), because the site shifts age's mean; treating it as absent makes
+    the marginal probabilities very slightly less sharp than the exact E[outcome | predictors].
+    """
+    age_cfg = params.cohort.age
+    low, high = age_cfg.min - 0.5, age_cfg.max + 0.4999  # as simulate_baseline truncates before rounding
+    age = np.asarray(columns["age"], dtype="float64")
+    therapy_index = pd.Series(columns["psychotherapy"]).map({p: i for i, p in enumerate(PSYCHOTHERAPIES)}).to_numpy()
+    log_weight = np.empty((len(age), len(params.sites)))
+    with np.errstate(divide="ignore"):
+        for k, site in enumerate(params.sites):
+            mass = ndtr((high - site.age_mean) / age_cfg.sd) - ndtr((low - site.age_mean) / age_cfg.sd)
+            upper = ndtr((np.minimum(age + 0.5, high) - site.age_mean) / age_cfg.sd)
+            lower = ndtr((np.maximum(age - 0.5, low) - site.age_mean) / age_cfg.sd)
+            route_share = np.array([getattr(site.route_mix, r) for r in ROUTES])[route_index]
+            therapy_share = np.array([getattr(site.psychotherapy_mix, p) for p in PSYCHOTHERAPIES])[therapy_index]
+            log_weight[:, k] = (
+                np.log(site.share) + np.log((upper - lower) / mass) + np.log(route_share) + np.log(therapy_share)
+            )
+    log_weight -= log_weight.max(axis=1, keepdims=True)
+    weight = np.exp(log_weight)
+    return weight / weight.sum(axis=1, keepdims=True)
 
 
 def _score_interval(
