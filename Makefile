@@ -26,10 +26,15 @@ LOCK_ARGS ?=
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
-# A changed lock rebuilds the environment from scratch (--clear), so nothing outside the lock stays installed.
-$(VENV)/.installed: $(LOCK) pyproject.toml
+# A changed lock rebuilds the environment from scratch (--clear), so nothing outside the lock stays installed;
+# --no-deps: the lock is complete (pip check below proves it), nothing is resolved at install time.
+$(VENV)/.locked: $(LOCK)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r $(LOCK)
+	touch $@
+
+# The project itself, editable, built with the locked setuptools (no build isolation: nothing unpinned).
+$(VENV)/.installed: $(VENV)/.locked pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
 	touch $@
