@@ -9,6 +9,7 @@ failed trials with age, ...). Treatment (route, dose, sessions, psychotherapy) f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +18,36 @@ from scipy.special import ndtr, ndtri
 from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES, TRAITS, SynthesizeParams, trait_correlation_matrix
 
 Columns = dict[str, np.ndarray]
+
+
+def cholesky(matrix: np.ndarray) -> np.ndarray:
+    """Lower Cholesky factor of a small positive-definite matrix, in plain IEEE arithmetic and a fixed order.
+
+    Not LAPACK: its kernels differ by CPU, and the copula is where every synthetic value starts."""
+    a = np.asarray(matrix, dtype="float64").tolist()
+    low = [[0.0] * len(a) for _ in a]
+    for i in range(len(a)):
+        for j in range(i + 1):
+            total = a[i][j]
+            for k in range(j):
+                total -= low[i][k] * low[j][k]
+            low[i][j] = math.sqrt(total) if i == j else total / low[j][j]
+    return np.array(low, dtype="float64")
+
+
+def correlate(normals: np.ndarray, chol: np.ndarray) -> np.ndarray:
+    """``normals @ chol.T`` for a lower-triangular ``chol``, as elementwise products added term by term.
+
+    Not BLAS: a matrix product's kernel (FMA or not, its blocking) and thread count change the last bit by CPU,
+    whereas each elementwise product and sum here is one IEEE-rounded operation, the same on every machine."""
+    columns = np.asfortranarray(normals)
+    out = np.empty_like(columns)
+    for i in range(chol.shape[0]):
+        total = columns[:, 0] * chol[i, 0]
+        for k in range(1, i + 1):
+            total += columns[:, k] * chol[i, k]
+        out[:, i] = total
+    return np.ascontiguousarray(out)
 
 
 def _truncated_normal(latent: np.ndarray, mean: np.ndarray | float, sd: float, low: float, high: float) -> np.ndarray:
@@ -61,8 +92,8 @@ def simulate_baseline(params: SynthesizeParams, rng: np.random.Generator) -> Col
     site_rng, trait_rng, treatment_rng = rng.spawn(3)
 
     site_index = _categorical(site_rng.random(n), np.array([s.share for s in sites]))
-    chol = np.linalg.cholesky(trait_correlation_matrix(params.correlations))
-    latent = trait_rng.standard_normal((n, len(TRAITS))) @ chol.T
+    chol = cholesky(trait_correlation_matrix(params.correlations))
+    latent = correlate(trait_rng.standard_normal((n, len(TRAITS))), chol)
     z = {trait: latent[:, i] for i, trait in enumerate(TRAITS)}
 
     age_mean = np.array([s.age_mean for s in sites])[site_index]
