@@ -652,15 +652,7 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
     if estimator.method == "sigmoid":
         slope, intercept = -float(calibrator.a_), -float(calibrator.b_)
         if reads_log_odds:
-            return explained | {
-                "calibration": "sigmoid",
-                "calibrator_input": "log-odds",
-                "slope": slope,
-                "intercept": intercept,
-                "description": f"reported probability = sigmoid({slope:.4g} × explained log-odds {intercept:+.4g}): "
-                f"multiply a SHAP value by {slope:.4g} to read it on the calibrated log-odds scale; directions and "
-                "the ranking of patients are unchanged",
-            }
+            return explained | _sigmoid_on_log_odds(slope, intercept)
         return explained | {
             "calibration": "sigmoid",
             "calibrator_input": "probability",
@@ -679,19 +671,24 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
     }
 
 
+def _sigmoid_on_log_odds(slope: float, intercept: float) -> dict[str, Any]:
+    """The map of a Platt calibrator that reads the explained log-odds: linear on that scale."""
+    return {
+        "calibration": "sigmoid",
+        "calibrator_input": "log-odds",
+        "slope": slope,
+        "intercept": intercept,
+        "description": f"reported probability = sigmoid({slope:.4g} × explained log-odds {intercept:+.4g}): "
+        f"multiply a SHAP value by {slope:.4g} to read it on the calibrated log-odds scale; directions and "
+        "the ranking of patients are unchanged",
+    }
+
+
 def _own_calibrator_map(calibrator: dict[str, Any]) -> dict[str, Any]:
     """pipeline.calibration's calibrators all read the explained log-odds."""
     if calibrator["method"] == "sigmoid":
         slope, intercept = float(calibrator["slope"]), float(calibrator["intercept"])
-        return {
-            "calibration": "sigmoid",
-            "calibrator_input": "log-odds",
-            "slope": slope,
-            "intercept": intercept,
-            "description": f"reported probability = sigmoid({slope:.4g} × explained log-odds {intercept:+.4g}): "
-            f"multiply a SHAP value by {slope:.4g} to read it on the calibrated log-odds scale; directions and "
-            "the ranking of patients are unchanged",
-        }
+        return _sigmoid_on_log_odds(slope, intercept)
     return {
         "calibration": str(calibrator["method"]),
         "calibrator_input": "log-odds",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,13 @@ def register_training_run(root: Path, estimator_sha256: str, seed: int) -> str:
         tags={"estimator_sha256": estimator_sha256},
     )  # fmt: skip
     return run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def one_worker_cluster() -> Iterator[object]:
+    """A Dask LocalCluster with one single-threaded worker process on 127.0.0.1 (for the scorer's Dask tests)."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as local:
+        yield local

@@ -301,16 +301,9 @@ def test_dask_output_in_use_is_refused_before_any_work(tmp_path, model_dir, cont
     assert names(tmp_path) == ["in"]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local:
-        yield local
-
-
-def test_dask_cleans_killed_staging_and_neutralises_failed_partitions(tmp_path, model_dir, contract, cluster) -> None:
+def test_dask_cleans_killed_staging_and_neutralises_failed_partitions(
+    tmp_path, model_dir, contract, one_worker_cluster
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     write(canonical_rows(contract, 30), folder / "a.csv")
@@ -321,7 +314,7 @@ def test_dask_cleans_killed_staging_and_neutralises_failed_partitions(tmp_path, 
     live = tmp_path / f".out.trd-{os.getpid()}-0123abcd.tmp"
     live.mkdir()
     code, text = score(
-        folder, tmp_path / "out", model_dir, "--engine", "dask", "--scheduler", cluster.scheduler_address
+        folder, tmp_path / "out", model_dir, "--engine", "dask", "--scheduler", one_worker_cluster.scheduler_address
     )
     assert code == ExitCode.ROWS_REJECTED, text
     assert names(tmp_path) == sorted(["in", "out", live.name])

@@ -9,7 +9,6 @@ import io
 import logging
 import os
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -214,16 +213,9 @@ def test_fifo_input_is_refused_without_blocking(tmp_path, model_dir) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[object]:
-    distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as local:
-        yield local
-
-
-def test_dask_lists_unreadable_partitions_and_scores_the_others(tmp_path, model_dir, contract, cluster) -> None:
+def test_dask_lists_unreadable_partitions_and_scores_the_others(
+    tmp_path, model_dir, contract, one_worker_cluster
+) -> None:
     folder = tmp_path / "in"
     folder.mkdir()
     good = canonical_rows(contract, 200, seed=1)
@@ -241,7 +233,7 @@ def test_dask_lists_unreadable_partitions_and_scores_the_others(tmp_path, model_
 
     out = tmp_path / "out"
     code, text = invoke("score", str(folder), "-o", str(out), "--model", str(model_dir), "--engine", "dask",
-                        "--scheduler", cluster.scheduler_address, "--chunk-size", "100")  # fmt: skip
+                        "--scheduler", one_worker_cluster.scheduler_address, "--chunk-size", "100")  # fmt: skip
     assert code == ExitCode.ROWS_REJECTED, text
     assert "300 rows in 6 partition(s): 300 scored, 0 rejected, 4 partition(s) unreadable" in text
     assert SECRET not in text
