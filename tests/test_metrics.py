@@ -772,7 +772,7 @@ def test_riley_hand_case_for_a_balanced_outcome() -> None:
     assert result.expected_shrinkage == pytest.approx(0.9)
 
 
-# literature.md §7c: anticipated C → (R²cs, n for 10, 20, 30 parameters), φ = 0.5.
+# docs/literature.md §7c: anticipated C → (R²cs, n for 10, 20, 30 parameters), φ = 0.5.
 LITERATURE_TABLE = {
     0.65: (0.069, (1250, 2500, 3750)),
     0.70: (0.121, (693, 1385, 2077)),
