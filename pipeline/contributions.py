@@ -3,7 +3,7 @@ the scorer, so a clinician's "top drivers" and the reviewer's global importances
 
 What is explained is the estimator that produces the score before any probability calibration:
 
-* XGBoost: TreeSHAP through XGBoost's own ``pred_contribs`` (identical to ``shap.TreeExplainer``, anchors §5.4);
+* XGBoost: TreeSHAP through XGBoost's own ``pred_contribs`` (= ``shap.TreeExplainer``, docs/engineering.md §6);
 * scikit-learn histogram gradient boosting: ``shap.TreeExplainer`` (path-dependent TreeSHAP);
 * the logistic-regression pipelines: exact linear SHAP. After the design step and standard scaling the
   training mean of every transformed column is 0, so the interventional SHAP value against the training data is

@@ -84,7 +84,7 @@ CHAMPION_ONLY_INTERVALS = frozenset(
 TREE_CANDIDATES = {"xgboost": "XGBoost", "hist_gb": "histogram gradient boosting"}
 IMPUTING_CANDIDATES = {"logreg": "logistic regression", "logreg_spline": "spline logistic regression"}
 # Events below which an external validation is called a sanity check: the usual minimum for validation studies
-# (Vergouwe et al. J Clin Epidemiol 2005; Collins, Ogundimu & Altman, Stat Med 2016; literature.md §7b).
+# (Vergouwe et al. J Clin Epidemiol 2005; Collins, Ogundimu & Altman, Stat Med 2016; docs/literature.md §7b).
 EXTERNAL_VALIDATION_EVENTS = 100
 
 

@@ -107,7 +107,7 @@ MISSING_HANDLING = {
     "training; nothing is imputed",
 }
 
-# The literature behind the generator's parameters, copied from the project's literature notes (§10); every
+# The literature behind the generator's parameters, copied from docs/literature.md §10; every
 # parameter in params.yaml `synthesize:` cites its row there. Static citations, not results.
 GENERATOR_REFERENCES: tuple[tuple[str, str | None], ...] = (
     (
@@ -740,7 +740,7 @@ def external_reading(inputs: CardInputs) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# sample size (Riley et al. BMJ 2020;368:m441; literature notes §7c) and the decision curve
+# sample size (Riley et al. BMJ 2020;368:m441; docs/literature.md §7c) and the decision curve
 # --------------------------------------------------------------------------------------------------------------
 
 
@@ -1010,7 +1010,7 @@ def intended_use_section(inputs: CardInputs) -> list[Block]:
         para(
             f"**Context.** Treatment-resistant depression treated with ketamine or esketamine (routes: {routes}), with "
             "or without psychotherapy. Honestly validated models of antidepressant response reach an AUROC of "
-            "roughly 0.6 to 0.7 and ketamine-specific models are small (literature notes §3). This pipeline is a "
+            "roughly 0.6 to 0.7 and ketamine-specific models are small (`docs/literature.md` §3). This pipeline is a "
             "reproducible test bed for building, validating and explaining such a model."
         ),
         para(
@@ -1087,8 +1087,8 @@ def data_section(inputs: CardInputs) -> list[Block]:
     blocks += [
         para(
             "Every distribution, prevalence and effect of the generator is cited next to its parameter in "
-            "`params.yaml` (section `synthesize`) against the project's literature notes, which tag each figure as "
-            "read in a source, computed from one, or estimated. The main sources:"
+            "`params.yaml` (section `synthesize`) against the project's literature notes (`docs/literature.md`), "
+            "which tag each figure as read in a source, computed from one, or estimated. The main sources:"
         ),
         Bullets(tuple(citation(reference, doi) for reference, doi in GENERATOR_REFERENCES)),
         *external_source_blocks(inputs),
@@ -1207,7 +1207,7 @@ def outcome_section(inputs: CardInputs) -> list[Block]:
             f"`{target.name}`: {lit(target.description.rstrip('.'))}. Measured at `{target.timing}` on the schema's "
             f"clinical clock, after the prediction time `{inputs.task_spec.prediction_time}`. Response is a drop of "
             "at least 50 % in MADRS from baseline; scores recorded on HAM-D17 or QIDS-SR16 are converted onto MADRS "
-            "before the rule is applied (literature notes §5b)."
+            "before the rule is applied (`docs/literature.md` §5b)."
         ),
         para(
             "**Blinding.** Not applicable to the synthetic outcomes: they are generated from the planted model, not "
@@ -1225,8 +1225,8 @@ def outcome_section(inputs: CardInputs) -> list[Block]:
         blocks.append(
             para(
                 f"In {EXTERNAL_COHORT} the same rule is applied to the day-2 rating after the ketamine infusion, "
-                f"against the single pre-study baseline{saline}. Crossover carry-over is not modelled (literature "
-                "notes §6)."
+                f"against the single pre-study baseline{saline}. Crossover carry-over is not modelled "
+                "(`docs/literature.md` §6)."
             )
         )
     return blocks
@@ -1338,10 +1338,10 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
     return [
         heading("sample_size"),
         para(
-            "Riley et al. (BMJ 2020;368:m441; literature notes §7c) give the minimum size for developing a prediction "
-            "model of a binary outcome as the largest of three criteria. P counts the feature columns (one-hot levels "
-            "separately); logistic regression adds missingness indicators and tree ensembles have many more "
-            f"effective parameters, so P is a lower bound on the model's complexity. {when}"
+            "Riley et al. (BMJ 2020;368:m441; `docs/literature.md` §7c) give the minimum size for developing a "
+            "prediction model of a binary outcome as the largest of three criteria. P counts the feature columns "
+            "(one-hot levels separately); logistic regression adds missingness indicators and tree ensembles have many "
+            f"more effective parameters, so P is a lower bound on the model's complexity. {when}"
         ),
         table.table(),
         para(verdict),
@@ -2164,7 +2164,7 @@ def open_science_section(inputs: CardInputs) -> list[Block]:
     ]
 
 
-# (item, topic, section key or None, note); items and topics as the project's literature notes list them (§7a)
+# (item, topic, section key or None, note); items and topics as docs/literature.md §7a lists them
 CHECKLIST: tuple[tuple[str, str, str | None, str], ...] = (
     (
         "1",
@@ -2226,8 +2226,8 @@ def checklist_section(inputs: CardInputs) -> list[Block]:
         heading("checklist"),
         para(
             "TRIPOD+AI (Collins et al., BMJ 2024;385:e078378). Item numbering follows the BMJ 2024 checklist as "
-            "summarised in the project's literature notes (`literature.md` §7a), where items 1 to 6 were read in a "
-            "stored rendering of the checklist and items 7 to 27 are marked NV (not verified against the official "
+            "summarised in the project's literature notes (`docs/literature.md` §7a), where items 1 to 6 were read in "
+            "a stored rendering of the checklist and items 7 to 27 are marked NV (not verified against the official "
             "checklist): check the official PDF before citing an item number."
         ),
         Table(("TRIPOD+AI item", "topic", "where in this card", "note"), tuple(rows)),

@@ -3,7 +3,7 @@
 The tracking URI is ``$MLFLOW_TRACKING_URI`` when set (a team server), otherwise an embedded SQLite store at
 ``<repo root>/mlflow.db`` with artifacts in ``<repo root>/mlruns``. Inside DVC the repo root comes from
 ``DVC_ROOT``, so ``dvc exp run --temp/--queue`` experiments (which run in a copy of the repo) log to the same
-store as the workspace (anchors.md §0.3).
+store as the workspace (docs/engineering.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""dvc.yaml agrees with the code: every stage declares exactly the params its module reads (anchors.md §6.2)."""
+"""dvc.yaml agrees with the code: every stage declares exactly the params its module reads (docs/engineering.md §7)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score, brier_score_loss, confusion
 
 from pipeline import metrics as m
 from pipeline.errors import ConfigError, ExitCode, PipelineError
+from pipeline.metrics import bootstrap
 
 # A small hand-checkable data set used by several tests.
 Y4 = np.array([0, 0, 1, 1])
@@ -572,7 +573,7 @@ def test_paired_difference_model_versus_oracle() -> None:
 def test_bootstrap_handles_more_cells_than_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     y, p = simulate(120, seed=16)
     whole = m.bootstrap_ci(y, p, n_boot=50, seed=4)
-    monkeypatch.setattr(m, "_BOOT_CHUNK_CELLS", 120 * 7)  # chunks of 7 resamples
+    monkeypatch.setattr(bootstrap, "_BOOT_CHUNK_CELLS", 120 * 7)  # chunks of 7 resamples
     chunked = m.bootstrap_ci(y, p, n_boot=50, seed=4)
     assert chunked.n_boot_used == 50
     assert abs(chunked.lower - whole.lower) < 0.05  # different draws, same distribution
@@ -772,7 +773,7 @@ def test_riley_hand_case_for_a_balanced_outcome() -> None:
     assert result.expected_shrinkage == pytest.approx(0.9)
 
 
-# literature.md §7c: anticipated C → (R²cs, n for 10, 20, 30 parameters), φ = 0.5.
+# docs/literature.md §7c: anticipated C → (R²cs, n for 10, 20, 30 parameters), φ = 0.5.
 LITERATURE_TABLE = {
     0.65: (0.069, (1250, 2500, 3750)),
     0.70: (0.121, (693, 1385, 2077)),
@@ -835,7 +836,7 @@ def test_batched_auprc_equals_sklearn_on_resamples_with_ties() -> None:
     """The vectorised bootstrap path for AUPRC must equal average_precision_score on each resample."""
     from sklearn.metrics import average_precision_score
 
-    from pipeline.metrics import _auprc_batch
+    from pipeline.metrics.bootstrap import _auprc_batch
 
     rng = np.random.default_rng(0)
     for _ in range(100):
