@@ -23,7 +23,7 @@ from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, PipelineError
 from pipeline.io import neutralise_formulas, output_lock, remove_stale_temps
 from tests.conftest import REPO_ROOT
-from tests.test_score import canonical_rows, invoke, save_test_model, write
+from tests.scoring.helpers import canonical_rows, invoke, save_test_model, write
 
 pytestmark = pytest.mark.timeout(300)
 
