@@ -31,7 +31,7 @@ def _columns(unit: str, action: str, exact: bool) -> list[ProgressColumn]:
         TextColumn(f"{action} {unit}"),
         BarColumn(),
         done,
-        TaskProgressColumn(show_speed=True),  # the speed while no total is known
+        TaskProgressColumn(show_speed=True),  # the speed while no total is known (a CSV without line breaks)
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -50,8 +50,8 @@ def progress_bar(
 ) -> Iterator[Callable[[int], None]]:
     """A transient bar counting ``unit`` towards ``total`` with the time remaining; yields the function that
     advances it (quiet when disabled). An ``estimated`` total (a CSV's rows, guessed from its size) is shown as a
-    share, not as a count; once passed, the total is dropped and the bar shows what is done and the speed. Drawn
-    on stderr, beside the run's messages, unless a ``console`` is given."""
+    share, not as a count; once reached, it is moved one step further each step, so the bar never claims the
+    end before it. Drawn on stderr, beside the run's messages, unless a ``console`` is given."""
     if not enabled:
         yield lambda n: None
         return
@@ -62,7 +62,8 @@ def progress_bar(
         def advance(n: int) -> None:
             bar.advance(task, n)
             state = bar.tasks[0]
-            if state.total is not None and state.completed > state.total:
-                bar.update(task, total=None)  # the estimate was short: no time remaining beats a wrong one
+            if estimated and state.total is not None and state.completed >= state.total:
+                # the estimate was short: expect one more step like this one rather than claim the end
+                bar.update(task, total=state.completed + n)
 
         yield advance
