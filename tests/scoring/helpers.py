@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,3 +96,21 @@ def write(frame: pd.DataFrame, path: Path) -> Path:
 def canonical_layout(contract: CohortContract) -> TabularSourceSpec:
     """The scorer's default input layout, configs/sources/canonical.yaml."""
     return load_canonical_format(REPO_ROOT / "configs" / "sources" / "canonical.yaml", contract)
+
+
+def score_in_background(
+    contract: CohortContract, folder: Path, model_dir: Path, out_name: str, *, pieces: int, **popen: object
+) -> tuple[subprocess.Popen, Path]:
+    """`trd score` of a big CSV (``pieces`` x 2,000 rows, with explanations, so it runs for seconds) as a separate
+    process, to be interrupted or killed: the process and the output it writes."""
+    big = pd.concat([canonical_rows(contract, 2000, seed=s) for s in range(pieces)], ignore_index=True)
+    big["patient_id"] = [f"P{i:07d}" for i in range(len(big))]
+    source = write(big, folder / "big.csv")
+    out = folder / out_name
+    env = {**os.environ, "TRD_PROJECT_ROOT": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "score", str(source), "-o", str(out), "--model", str(model_dir),
+         "--chunk-size", "500", "--explain"],
+        env=env, **popen,
+    )  # fmt: skip
+    return process, out

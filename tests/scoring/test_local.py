@@ -3,10 +3,8 @@ checks."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,15 @@ from pipeline.errors import ExitCode
 from pipeline.features import build_features
 from pipeline.model import load_bundle
 from tests.conftest import REPO_ROOT
-from tests.scoring.helpers import PREDICTORS, canonical_layout, canonical_rows, invoke, save_test_model, write
+from tests.scoring.helpers import (
+    PREDICTORS,
+    canonical_layout,
+    canonical_rows,
+    invoke,
+    save_test_model,
+    score_in_background,
+    write,
+)
 
 
 @pytest.fixture(scope="module")
@@ -206,16 +212,9 @@ def test_tampered_model_is_refused(tmp_path, model_dir, contract) -> None:
 
 def test_interrupted_run_leaves_no_output(tmp_path, model_dir, contract) -> None:
     """A SIGTERM mid-run (as `kill` sends) leaves neither the output nor the rejects file."""
-    big = pd.concat([canonical_rows(contract, 2000, seed=s) for s in range(40)], ignore_index=True)
-    big["patient_id"] = [f"P{i:07d}" for i in range(len(big))]
-    source = write(big, tmp_path / "big.csv")
-    out = tmp_path / "scores.csv"
-    env = {**os.environ, "TRD_PROJECT_ROOT": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "score", str(source), "-o", str(out), "--model", str(model_dir),
-         "--chunk-size", "500", "--explain"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    process, _ = score_in_background(
+        contract, tmp_path, model_dir, "scores.csv", pieces=40, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".scores.csv.") for p in tmp_path.iterdir()):
         time.sleep(0.05)
