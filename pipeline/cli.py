@@ -242,7 +242,7 @@ def score(
     use by another run).
     """
     _configure_logging(verbose)
-    from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415
+    from pipeline.scoring import build_context, progress_wanted, score_file  # noqa: PLC0415
 
     def action() -> None:
         if engine is Engine.LOCAL and (scheduler or workers):
@@ -258,7 +258,7 @@ def score(
         )  # fmt: skip
         typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
         if engine is Engine.DASK:
-            from pipeline.score_dask import score_dataset  # noqa: PLC0415
+            from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
 
             dask_summary = score_dataset(
                 input_path, output, ctx, chunk_size=chunk_size, scheduler=scheduler, workers=workers,
@@ -294,7 +294,7 @@ def validate(
     Exit codes: 0 every row valid; 5 some rows would be rejected; 2 usage; 3 unreadable input; 4 model problem.
     """
     _configure_logging(verbose)
-    from pipeline.score import build_context, validate_file  # noqa: PLC0415
+    from pipeline.scoring import build_context, validate_file  # noqa: PLC0415
 
     def action() -> None:
         ctx = build_context(

@@ -210,7 +210,8 @@ def _with_derived_levels(raw: object, path: Path) -> object:
                 raise ConfigError(
                     f"column {column.get('name')}: levels_from sources, but {folder} is not a folder", file=path
                 )
-            derived = sorted(p.stem for p in folder.glob("*.yaml"))
+            # canonical.yaml is the scorer's default input layout, not a cohort (its rows are scoring_input)
+            derived = sorted(p.stem for p in folder.glob("*.yaml") if p.stem != "canonical")
         elif origin == "scales":
             from pipeline.scales import load_scale_conversions  # noqa: PLC0415 (scales imports nothing from here)
 
