@@ -57,7 +57,7 @@ import pandas as pd
 import yaml
 from pydantic import Field
 
-from pipeline import metrics
+from pipeline import metrics, sample_size
 from pipeline.contract import PREDICTOR_ROLES, TIMING_ORDER, CohortContract, ColumnSpec
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import FeatureSpec
@@ -752,7 +752,7 @@ class SampleSizeCheck:
     prevalence: float
     c_statistic: float | None
     c_from_params: bool
-    riley: metrics.RileySampleSize | None
+    riley: sample_size.RileySampleSize | None
     reason: str | None  # why Riley could not be computed
 
 
@@ -771,7 +771,7 @@ def sample_size_check(inputs: CardInputs) -> SampleSizeCheck:
         reason = "no anticipated C statistic (the champion's CV AUROC is missing)"
     else:
         try:
-            riley = metrics.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
+            riley = sample_size.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
         except ConfigError as exc:
             reason = exc.message
     return SampleSizeCheck(
@@ -1302,7 +1302,7 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
         key = f"candidates.{inputs.champion}.cv_auroc"
         table.number("anticipated C statistic (the champion's CV AUROC)", inputs.cv, key, 3)
     riley = check.riley
-    how = "pipeline.metrics.riley_sample_size(P, φ, C)"
+    how = "pipeline.sample_size.riley_sample_size(P, φ, C)"
     if riley is not None:
         table.computed("anticipated Cox-Snell R²", riley.r2_cs, 3, how)
         table.computed("criterion 1: n for an expected shrinkage of at least 0.9", riley.n_shrinkage, 0, how)
