@@ -454,7 +454,7 @@ def test_external_validation_counts_and_signs(evaluation, cohort, honest) -> Non
     assert {"n_failed_trials", "crp_mg_l", "anxious_depression"} <= set(report["features_entirely_missing"])
     assert "n_sessions" not in report["features_observed"] + report["features_entirely_missing"]  # excluded
     assert report["missing_value_handling"]["method"] == "median_imputation_with_indicators"
-    assert "27 real patients with 6 responders" in report["limitations"]
+    assert "27 patients with 6 responders" in report["limitations"]
     assert "negative, the expected direction" in report["limitations"]
 
 
