@@ -1045,6 +1045,11 @@ def external_parts(
     return found, reports
 
 
+# metrics.subgroup_table's columns (the empty table of a model without a test split keeps them)
+SUBGROUP_COLUMNS = (
+    "group", "level", "n", "events", "event_rate", "mean_predicted", "auroc", "o_minus_e", "o_e_ratio",
+    "event_rate_ratio", "auroc_ratio", "suppressed", "suppression_reason",
+)  # fmt: skip
 NO_TEST_SPLIT = "no held-out test split (small-cohort protocol: every patient trained; see the internal validation)"
 
 
@@ -1117,7 +1122,7 @@ def _without_test_split(
         metrics=result,
         report=report,
         thresholds=_schema(metrics.threshold_table(y2, p2, list(params.thresholds))),
-        subgroups=pd.DataFrame(columns=["column", "level", "n", "events", "suppressed"]),
+        subgroups=pd.DataFrame(columns=list(SUBGROUP_COLUMNS)),
         calibration_curves=curve.assign(model=pd.Series(dtype="string"))[["model", *curve.columns]],
         curves={
             "roc": {CHAMPION: _schema(roc_points(y2, p2))},
