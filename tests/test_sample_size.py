@@ -1,23 +1,13 @@
-"""The sample-size gate (pipeline/sample_size.py) and what the train stage does with it: Riley's published worked
-example, the gate's verdict and message, fewer folds for a small cohort, the small-cohort selection rule and the
-registered name of a model developed on another cohort."""
+"""Riley minimum sample size (pipeline/sample_size.py): the published worked example, the C-statistic route, and the
+check of a development cohort with its message."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from pipeline.errors import ConfigError, ExitCode, PipelineError
+from pipeline.errors import ConfigError
+from pipeline.protocol import SampleSizeParams
 from pipeline.sample_size import check_sample_size, gate_message, riley_sample_size
-from pipeline.train import (
-    SampleSizeParams,
-    SelectionParams,
-    adapt_folds,
-    registered_model_name,
-    sample_size_gate,
-    small_cohort_selection,
-)
-from tests.test_train import tiny_params
 
 
 def test_riley_bmj_worked_example() -> None:
@@ -74,36 +64,3 @@ def test_bad_counts_are_refused() -> None:
         check_sample_size(n=10, events=3, parameters=0, anticipated_c=0.7)
     with pytest.raises(ValueError, match="anticipated_c"):
         SampleSizeParams(anticipated_c=0.5)
-
-
-def test_the_gate_stops_with_exit_6_unless_overridden() -> None:
-    y = np.array([1] * 6 + [0] * 21)
-    with pytest.raises(PipelineError, match=r"below the minimum sample size.*27 patients") as raised:
-        sample_size_gate(y, 23, SampleSizeParams(anticipated_c=0.7), task="acute", cohort="ds005917")
-    assert raised.value.exit_code == ExitCode.CONFIG
-    assert "override" in (raised.value.hint or "")
-    check = sample_size_gate(y, 23, SampleSizeParams(anticipated_c=0.7, override=True), task="acute", cohort="x")
-    assert not check.passed
-
-
-def test_folds_adapt_to_the_smaller_class_and_refuse_below_two() -> None:
-    params = tiny_params(cv_folds=5, min_fold_events=3)
-    assert adapt_folds(np.array([1] * 100 + [0] * 100), params) == 5
-    assert adapt_folds(np.array([1] * 7 + [0] * 100), params) == 2  # 7 events: 2 folds of >= 3
-    with pytest.raises(PipelineError, match="5 responders") as raised:
-        adapt_folds(np.array([1] * 5 + [0] * 100), params)
-    assert raised.value.exit_code == ExitCode.CONFIG
-
-
-def test_small_cohort_selection_puts_logistic_regression_first_under_one_se() -> None:
-    declared = SelectionParams(metric="log_loss", rule="best", simplicity_order=["xgboost", "hist_gb", "logreg"])
-    small = small_cohort_selection(declared)
-    assert small.rule == "one_se"
-    assert small.simplicity_order == ["logreg", "xgboost", "hist_gb"]
-    assert small.se_multiplier == declared.se_multiplier
-
-
-def test_a_model_of_another_cohort_never_takes_the_synthetic_name() -> None:
-    assert registered_model_name("acute", ("synthetic",)) == "trd-acute"
-    assert registered_model_name("acute", ("clinic",)) == "trd-acute-clinic"
-    assert registered_model_name("acute", ["synthetic", "clinic"]) == "trd-acute-clinic-synthetic"
