@@ -633,16 +633,15 @@ def interval_reading(lower: Any, upper: Any, null: float, *, below: str, inside:
 
 
 def discrimination_reading(inputs: CardInputs) -> str:
-    m = inputs.metrics
+    m, split = inputs.metrics, f"the {inputs.development_name} test split"
     return interval_reading(
         get(m, "test.auroc_lower"),
         get(m, "test.auroc_upper"),
         0.5,
-        below="the champion ranks the synthetic test patients worse than chance (its AUROC interval lies below 0.5)",
-        inside="the champion cannot be distinguished from chance on the synthetic test split (its AUROC interval "
-        "includes 0.5)",
-        above="the champion ranks responders above non-responders better than chance on the synthetic test split "
-        "(its AUROC interval lies above 0.5)",
+        below=f"the champion ranks the patients of {split} worse than chance (its AUROC interval lies below 0.5)",
+        inside=f"the champion cannot be distinguished from chance on {split} (its AUROC interval includes 0.5)",
+        above=f"the champion ranks responders above non-responders better than chance on {split} (its AUROC "
+        "interval lies above 0.5)",
         missing="the test AUROC has no interval, so it cannot be interpreted",
     )
 
@@ -668,6 +667,8 @@ def oracle_reading(inputs: CardInputs) -> str:
         )
     if get(inputs.metrics, "gap") is None:
         reason = lookup(inputs.evaluation.data, "oracle.reason") or "the oracle was unavailable"
+        if not inputs.synthetic_development and inputs.held_out:  # the generator knows nothing of this cohort
+            reason = f"{inputs.development_name} has no synthetic truth"
         return f"no comparison with the oracle: {reason}"
     return interval_reading(
         get(inputs.metrics, "gap.auroc_lower"),

@@ -170,9 +170,10 @@ def test_the_real_cohort_stops_at_the_gate_and_trains_underpowered_with_the_over
     run([str(BIN / "dvc"), "repro", "split@acute"], root, env)
     split = json.loads((root / "data/processed/acute/split.json").read_text())
     assert (split["protocol"], split["train"]["n"], split["test"]["n"]) == ("small_cohort", 27, 0)
+    # `python -m pipeline` from the project root runs the project's code (as dvc does), not the installed package
     stopped = subprocess.run(
-        [str(BIN / "trd"), "train", "acute"], cwd=root, env=env, capture_output=True, text=True, timeout=600,
-        check=False,
+        [str(BIN / "python"), "-m", "pipeline", "train", "acute"], cwd=root, env=env, capture_output=True, text=True,
+        timeout=600, check=False,
     )  # fmt: skip
     assert stopped.returncode == 6, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
