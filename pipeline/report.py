@@ -57,7 +57,7 @@ import pandas as pd
 import yaml
 from pydantic import Field
 
-from pipeline import metrics
+from pipeline import metrics, sample_size
 from pipeline.contract import PREDICTOR_ROLES, TIMING_ORDER, CohortContract, ColumnSpec
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import FeatureSpec
@@ -445,9 +445,38 @@ class CardInputs:
     def external_report(self) -> dict[str, Any]:
         return lookup(self.evaluation.data, "external_validation") or {}
 
+    @property
+    def development(self) -> tuple[str, ...]:
+        """The development cohort(s): what the train stage recorded, else split.training_cohort."""
+        recorded = lookup(self.cv.data, "protocol.development_cohorts")
+        return tuple(recorded) if recorded else self.split.cohorts
+
+    @property
+    def synthetic_development(self) -> bool:
+        """Developed on the synthetic cohort alone (the only development data with a known truth)."""
+        return self.development == (SYNTHETIC,)
+
+    @property
+    def development_name(self) -> str:
+        """How the card names the development data: 'synthetic', or the cohort names ('clinic_a + clinic_b')."""
+        return " + ".join(self.development)
+
+    @property
+    def held_out(self) -> bool:
+        """A test split exists (none under the small-cohort protocol)."""
+        return bool(get(self.split_counts, "test.n"))
+
+    @property
+    def underpowered(self) -> bool:
+        """Trained below the Riley minimum with train.sample_size.override."""
+        return bool(lookup(self.cv.data, "protocol.underpowered"))
+
 
 def get(file: Sourced, key: str) -> Any:
     return lookup(file.data, key)
+
+
+SYNTHETIC = "synthetic"  # the generator's cohort: the only development data with a planted truth
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -604,16 +633,15 @@ def interval_reading(lower: Any, upper: Any, null: float, *, below: str, inside:
 
 
 def discrimination_reading(inputs: CardInputs) -> str:
-    m = inputs.metrics
+    m, split = inputs.metrics, f"the {inputs.development_name} test split"
     return interval_reading(
         get(m, "test.auroc_lower"),
         get(m, "test.auroc_upper"),
         0.5,
-        below="the champion ranks the synthetic test patients worse than chance (its AUROC interval lies below 0.5)",
-        inside="the champion cannot be distinguished from chance on the synthetic test split (its AUROC interval "
-        "includes 0.5)",
-        above="the champion ranks responders above non-responders better than chance on the synthetic test split "
-        "(its AUROC interval lies above 0.5)",
+        below=f"the champion ranks the patients of {split} worse than chance (its AUROC interval lies below 0.5)",
+        inside=f"the champion cannot be distinguished from chance on {split} (its AUROC interval includes 0.5)",
+        above=f"the champion ranks responders above non-responders better than chance on {split} (its AUROC "
+        "interval lies above 0.5)",
         missing="the test AUROC has no interval, so it cannot be interpreted",
     )
 
@@ -639,6 +667,8 @@ def oracle_reading(inputs: CardInputs) -> str:
         )
     if get(inputs.metrics, "gap") is None:
         reason = lookup(inputs.evaluation.data, "oracle.reason") or "the oracle was unavailable"
+        if not inputs.synthetic_development and inputs.held_out:  # the generator knows nothing of this cohort
+            reason = f"{inputs.development_name} has no synthetic truth"
         return f"no comparison with the oracle: {reason}"
     return interval_reading(
         get(inputs.metrics, "gap.auroc_lower"),
@@ -752,7 +782,7 @@ class SampleSizeCheck:
     prevalence: float
     c_statistic: float | None
     c_from_params: bool
-    riley: metrics.RileySampleSize | None
+    riley: sample_size.RileySampleSize | None
     reason: str | None  # why Riley could not be computed
 
 
@@ -771,7 +801,7 @@ def sample_size_check(inputs: CardInputs) -> SampleSizeCheck:
         reason = "no anticipated C statistic (the champion's CV AUROC is missing)"
     else:
         try:
-            riley = metrics.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
+            riley = sample_size.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
         except ConfigError as exc:
             reason = exc.message
     return SampleSizeCheck(
@@ -934,6 +964,8 @@ def summary_section(inputs: CardInputs) -> list[Block]:
     table = KeyedTable("measure", inputs.level)
     table.number("training patients (development data)", cv, "n_train", 0)
     table.number("training responders", cv, "events_train", 0)
+    if get(cv, "protocol.sample_size.minimum_n") is not None:
+        table.number("Riley minimum sample size (declared C, before fitting)", cv, "protocol.sample_size.minimum_n", 0)
     internal = get(m, "internal_validation") is not None
     for key, label, digits in VALIDATED_ROWS:
         if internal:
@@ -941,9 +973,11 @@ def summary_section(inputs: CardInputs) -> list[Block]:
                 f"{label}, optimism-corrected (bootstrap, all training patients)",
                 m, f"internal_validation.{key}.corrected", digits, interval=True,
             )  # fmt: skip
-        table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
-    table.number("test patients", m, "test.n", 0)
-    table.number("test responders", m, "test.events", 0)
+        if inputs.held_out:
+            table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
+    if inputs.held_out:
+        table.number("test patients", m, "test.n", 0)
+        table.number("test responders", m, "test.events", 0)
     if get(m, "oracle") is not None:
         table.number(
             "AUROC of the generating probability (ceiling; knows the site), same test patients",
@@ -963,19 +997,30 @@ def summary_section(inputs: CardInputs) -> list[Block]:
         table.number(f"external patients ({EXTERNAL_COHORT})", m, "external.n", 0)
         table.number("external responders", m, "external.events", 0)
         table.number("AUROC, external", m, "external.auroc", 3, interval=True)
-    readings = (
+    for name in sorted(get(m, "external_cohorts") or {}):
+        table.number(f"external patients ({name})", m, f"external_cohorts.{name}.n", 0)
+        table.number(f"AUROC, external ({name})", m, f"external_cohorts.{name}.auroc", 3, interval=True)
+    readings: tuple[Text, ...] = (
         plain(sentence(internal_reading(inputs)) + "."),
-        plain(sentence(discrimination_reading(inputs)) + "."),
+        *((plain(sentence(discrimination_reading(inputs)) + "."),) if inputs.held_out else ()),
         plain(sentence(oracle_reading(inputs)) + "."),
-        plain(sentence(calibration_reading(inputs)) + "."),
+        *((plain(sentence(calibration_reading(inputs)) + "."),) if inputs.held_out else ()),
         plain(sentence(external_reading(inputs)) + "."),
         text(
             "All development and test patients are **synthetic**: these numbers show how well the pipeline recovers "
             "a known, literature-grounded truth, not how the model would perform in a clinic."
+        )
+        if inputs.synthetic_development
+        else text(
+            f"Developed on **{inputs.development_name}**, a cohort with no synthetic truth: there is no oracle to "
+            "compare with, and the numbers describe this cohort's patients only."
         ),
     )
+    blocks: list[Block] = [heading("summary")]
+    if inputs.underpowered:
+        blocks.append(underpowered_warning(inputs))
     return [
-        heading("summary"),
+        *blocks,
         para(
             f"{sentence(candidate_name(inputs.champion))} predicting `{inputs.task_spec.target}` "
             f"({lit(inputs.target.description.rstrip('.'))}) at the prediction time "
@@ -984,16 +1029,47 @@ def summary_section(inputs: CardInputs) -> list[Block]:
             "champion's whole fitting procedure (fixed hyperparameters, calibrator refitted out of fold) is repeated "
             "on bootstrap samples of the training split and the optimism it shows is subtracted from the shipped "
             "model's apparent performance (Harrell); this uses every development patient, so it is the more precise "
-            "estimate. (2) Held-out test split: the shipped model on the held-out patients it never saw; honest "
-            "but noisy, since one split is one draw. **Two references** from the generator, scored on the same test "
-            "patients and labels: the generating probability (the true probability given the predictors and the "
-            "site: the ceiling of the data-generating process; the site is not a predictor) and the predictors-only "
-            "probability (the site marginalised: the best any model of these predictors can reach)."
+            "estimate. "
+            + (
+                "(2) Held-out test split: the shipped model on the held-out patients it never saw; honest but noisy, "
+                "since one split is one draw. "
+                if inputs.held_out
+                else "(2) No held-out test split: below `split.small_cohort_n` patients every patient develops the "
+                "model (a quarter of a small cohort is too few to judge it), so external validation is the only "
+                "check on patients the model never saw. "
+            )
+            + (
+                "**Two references** from the generator, scored on the same test patients and labels: the generating "
+                "probability (the true probability given the predictors and the site: the ceiling of the "
+                "data-generating process; the site is not a predictor) and the predictors-only probability (the site "
+                "marginalised: the best any model of these predictors can reach)."
+                if inputs.synthetic_development
+                else f"No reference from a generator: {inputs.development_name} has no synthetic truth."
+            )
         ),
         table.table(),
         para("**Reading the intervals** (in words; the numbers are in the table):"),
         Bullets(readings),
     ]
+
+
+def underpowered_warning(inputs: CardInputs) -> Block:
+    """The summary's first words for a model trained below the Riley minimum with the override."""
+    cv = inputs.cv
+    n, events = get(cv, "protocol.sample_size.n"), get(cv, "protocol.sample_size.events")
+    minimum = get(cv, "protocol.sample_size.minimum_n")
+    need = f"the Riley minimum is {minimum} patients" if minimum is not None else "the Riley criteria are undefined"
+    return Quote(
+        (
+            text(
+                f"**Underpowered.** Developed on {n} patients with {events} responders where {need} "
+                f"({ref('sample_size')}); trained only because `train.sample_size.override` is set. Expect an "
+                "overfitted model whose performance elsewhere is worse than any number here suggests; it never takes "
+                "the registry's `champion` alias."
+            ),
+        ),
+        kind="warning",
+    )
 
 
 def intended_use_section(inputs: CardInputs) -> list[Block]:
@@ -1016,8 +1092,13 @@ def intended_use_section(inputs: CardInputs) -> list[Block]:
         para(
             "**Intended users.** Researchers and clinical data scientists who study response prediction, and "
             "reviewers (methodologists, ethics boards, clinicians) who judge whether such a model is sound. "
-            "**Objective.** Development and internal validation on synthetic data, with an external sanity check on "
-            "a public trial where the trial records the task's outcome."
+            + (
+                "**Objective.** Development and internal validation on synthetic data, with an external sanity check "
+                "on a public trial where the trial records the task's outcome."
+                if inputs.synthetic_development
+                else f"**Objective.** Development and internal validation on {inputs.development_name}, with external "
+                "validation on every other configured cohort that records the task's outcome."
+            )
         ),
     ]
 
@@ -1040,6 +1121,11 @@ def out_of_scope_section(inputs: CardInputs) -> list[Block]:
                     "Trained and tested on **synthetic** patients from a generator grounded in the published "
                     f"literature ({ref('data')}). No real patient contributed to its development; its behaviour on "
                     "real clinic populations is unknown."
+                )
+                if inputs.synthetic_development
+                else text(
+                    f"Developed on **{inputs.development_name}** ({ref('data')}); its behaviour on other clinics' "
+                    f"populations is known only as far as the external validation goes ({ref('external')})."
                 ),
                 text(
                     "Not validated prospectively, not certified, and not assessed for safety or clinical benefit. The "
@@ -1061,7 +1147,8 @@ def out_of_scope_section(inputs: CardInputs) -> list[Block]:
 def data_section(inputs: CardInputs) -> list[Block]:
     blocks: list[Block] = [
         heading("data"),
-        sub("Synthetic development cohort"),
+        *development_source_blocks(inputs),
+        sub("Synthetic development cohort" if inputs.synthetic_development else "Synthetic cohort"),
         para(
             "Generated by this repository's code (`pipeline/synthesize`, `trd synthesize`): no third-party data. Sites "
             "with their own case-mix, routes and psychotherapy; outcomes from MADRS trajectories driven by planted "
@@ -1096,6 +1183,26 @@ def data_section(inputs: CardInputs) -> list[Block]:
     return blocks
 
 
+def development_source_blocks(inputs: CardInputs) -> list[Block]:
+    """The development cohort(s) other than the synthetic one: each source config's own description."""
+    blocks: list[Block] = []
+    for name in inputs.development:
+        if name == SYNTHETIC:
+            continue
+        source = inputs.sources.get(name)
+        described = str(get(source, "description") or get(source, "title") or "no description") if source else ""
+        blocks += [
+            sub(f"Development cohort: {name}"),
+            para(
+                f"Configured in `configs/sources/{name}.yaml`"
+                + (f": {lit(described.rstrip('.'))}." if source else " (the file was not found).")
+                + " Cleaned by the same code as every other source; its counts are in "
+                f"{ref('flow')}. It has no synthetic truth, so no oracle or fidelity check applies to it."
+            ),
+        ]
+    return blocks
+
+
 def external_source_blocks(inputs: CardInputs) -> list[Block]:
     source = inputs.sources.get(EXTERNAL_COHORT)
     blocks: list[Block] = [sub("Public external cohort")]
@@ -1120,9 +1227,15 @@ def external_source_blocks(inputs: CardInputs) -> list[Block]:
     return [
         *blocks,
         para(
-            "The real cohort is used only for external validation, never for training (`split.training_cohort` is "
-            f"`{inputs.split.training_cohort}`). Its files are fetched from the canonical location or a mirror, "
-            "checked against pinned SHA-256 sums, and never committed to the repository.",
+            (
+                "The real cohort is used only for external validation, never for training (`split.training_cohort` "
+                f"is `{inputs.development_name}`). "
+                if EXTERNAL_COHORT not in inputs.development
+                else "Here the real cohort is the development cohort (`split.training_cohort`), so it is not an "
+                "external validation of this model. "
+            )
+            + "Its files are fetched from the canonical location or a mirror, checked against pinned SHA-256 sums, "
+            "and never committed to the repository.",
             *links,
         ),
         table.table(),
@@ -1146,11 +1259,12 @@ def flow_section(inputs: CardInputs) -> list[Block]:
         if get(cleaning, f"{prefix}.outcomes.{target}") is not None:
             table.number(text(f"{cohort}: with a known `{target}`"), cleaning, f"{prefix}.outcomes.{target}.known", 0)
             table.number(f"{cohort}: of whom responders", cleaning, f"{prefix}.outcomes.{target}.positive", 0)
-        if cohort == inputs.split.training_cohort:
+        if cohort == inputs.development[-1]:  # after the last development cohort: the split of the pooled rows
             table.number("training split: patients", split, "train.n", 0)
             table.number("training split: responders", split, "train.events", 0)
-            table.number("test split: patients", split, "test.n", 0)
-            table.number("test split: responders", split, "test.events", 0)
+            if inputs.held_out:
+                table.number("test split: patients", split, "test.n", 0)
+                table.number("test split: responders", split, "test.events", 0)
         if cohort == EXTERNAL_COHORT and get(inputs.metrics, "external.negative_control") is not None:
             m = inputs.metrics
             table.number(
@@ -1164,6 +1278,8 @@ def flow_section(inputs: CardInputs) -> list[Block]:
         para(
             "Characteristics of the test split by sex, age band, route, site and psychotherapy (patients and response "
             f"rate per level) are in {ref('subgroups')}."
+            if inputs.held_out
+            else "There is no test split, so no characteristics of one are tabulated."
         ),
     ]
 
@@ -1171,17 +1287,26 @@ def flow_section(inputs: CardInputs) -> list[Block]:
 def source_order(inputs: CardInputs) -> list[str]:
     """The cleaning report's sources, the training cohort first."""
     names = sorted(get(inputs.cleaning, "sources") or {})
-    return sorted(names, key=lambda name: name != inputs.split.training_cohort)
+    return sorted(names, key=lambda name: name not in inputs.development)
 
 
 def eligibility_text(inputs: CardInputs) -> Text:
+    who = (
+        f"Synthetic cohort (`{SYNTHETIC}`): every generated patient is eligible"
+        if inputs.synthetic_development
+        else f"Development cohort (`{inputs.development_name}`): every patient its source config keeps is eligible"
+    )
     parts = [
-        f"**Eligibility.** Synthetic cohort (`{inputs.split.training_cohort}`): every generated patient is eligible; "
+        f"**Eligibility.** {who}; "
         "rows are quarantined only for data-quality reasons (duplicates, impossible values, unknown codes), never "
         "clipped (the one cap: a converted HAM-D17 or QIDS-SR16 total above the MADRS maximum is set to it and "
         "counted in the cleaning report), and patients without a known outcome for this task are left out of both "
-        "splits. The split is "
-        "patient-level and stratified on the outcome"
+        "splits. "
+        + (
+            "The split is patient-level and stratified on the outcome"
+            if inputs.held_out
+            else "There is no test split (small-cohort protocol: fewer than `split.small_cohort_n` patients)"
+        )
     ]
     if inputs.split.holdout_sites:
         parts.append(f"; whole sites form the test split ({codes(inputs.split.holdout_sites)})")
@@ -1212,6 +1337,9 @@ def outcome_section(inputs: CardInputs) -> list[Block]:
         para(
             "**Blinding.** Not applicable to the synthetic outcomes: they are generated from the planted model, not "
             f"rated by an assessor. For the public trial see its registration ({ref('data')})."
+            if inputs.synthetic_development
+            else f"**Blinding.** Not recorded in the pipeline's inputs for {inputs.development_name}: whether outcome "
+            "assessors knew the predictors is for the cohort's own protocol to say."
         ),
     ]
     report = inputs.external_report()
@@ -1302,7 +1430,7 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
         key = f"candidates.{inputs.champion}.cv_auroc"
         table.number("anticipated C statistic (the champion's CV AUROC)", inputs.cv, key, 3)
     riley = check.riley
-    how = "pipeline.metrics.riley_sample_size(P, φ, C)"
+    how = "pipeline.sample_size.riley_sample_size(P, φ, C)"
     if riley is not None:
         table.computed("anticipated Cox-Snell R²", riley.r2_cs, 3, how)
         table.computed("criterion 1: n for an expected shrinkage of at least 0.9", riley.n_shrinkage, 0, how)
@@ -1344,6 +1472,42 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
             f"more effective parameters, so P is a lower bound on the model's complexity. {when}"
         ),
         table.table(),
+        para(verdict),
+        *gate_blocks(inputs),
+    ]
+
+
+def gate_blocks(inputs: CardInputs) -> list[Block]:
+    """The prospective check the train stage made before any fitting (cv_metrics.json protocol.sample_size)."""
+    cv, key = inputs.cv, "protocol.sample_size"
+    if get(cv, key) is None:
+        return []
+    gate = KeyedTable("quantity")
+    gate.number("anticipated C statistic, declared before fitting (`train.sample_size.anticipated_c`)", cv,
+                f"{key}.anticipated_c", 2)  # fmt: skip
+    gate.number("development patients", cv, f"{key}.n", 0)
+    gate.number("development responders", cv, f"{key}.events", 0)
+    gate.number("candidate parameters", cv, f"{key}.parameters", 0)
+    gate.number("events per candidate parameter in the development data", cv, f"{key}.events_per_parameter", 2)
+    if get(cv, f"{key}.minimum_n") is not None:
+        gate.number("minimum sample size at the declared C", cv, f"{key}.minimum_n", 0)
+        gate.number("responders expected at that size", cv, f"{key}.minimum_events", 1)
+    if get(cv, f"{key}.passed"):
+        verdict = "The development data meet the minimum: the train stage went on to fit."
+    elif inputs.underpowered:
+        verdict = (
+            "**Underpowered.** The development data are below the minimum; the train stage, which otherwise stops "
+            "here (exit 6), fitted the model only because `train.sample_size.override` is set."
+        )
+    else:
+        verdict = "The gate's verdict is not recorded."
+    return [
+        sub("The gate before fitting"),
+        para(
+            "Before any model is fitted, the train stage applies the same criteria with the C statistic declared in "
+            "params and stops below the minimum, so the size is planned, not justified after the fact."
+        ),
+        gate.table(),
         para(verdict),
     ]
 
@@ -1421,9 +1585,8 @@ def model_section(inputs: CardInputs) -> list[Block]:
     return [
         heading("model"),
         para(
-            f"**Data split.** Patient-level train/test split of the `{inputs.split.training_cohort}` cohort, "
-            "stratified on the outcome and seeded (`split.test_size`, `base.seed`). **Tuning.** Each candidate is "
-            f"tuned by {train.cv_folds}-fold cross-validation on the training split only (random search scored by log "
+            f"{split_text(inputs)} **Tuning.** Each candidate is "
+            f"tuned by {folds_text(inputs)} cross-validation on the training split only (random search scored by log "
             f"loss); then its calibration ({', '.join(train.calibration_methods)}) is chosen by the cross-validated "
             "log loss of calibrated out-of-fold predictions, with the same calibrator implementation and the same "
             "shuffled folds as the shipped model (`pipeline/calibration.py`). **Selection**, declared in params "
@@ -1506,7 +1669,48 @@ def gate_verdict(inputs: CardInputs) -> str:
     return f"Re-checked from the CV metrics, the champion {recheck}{registry}."
 
 
+def split_text(inputs: CardInputs) -> str:
+    cohort = f"the `{inputs.development_name}` cohort" + ("s (pooled)" if len(inputs.development) > 1 else "")
+    if not inputs.held_out:
+        return (
+            f"**Data split.** None: {cohort} has fewer patients than `split.small_cohort_n`, so every patient develops "
+            "the model and the internal validation (bootstrap optimism correction on all of them) replaces a "
+            "held-out split; the penalised logistic candidate is preferred unless another beats it by the declared "
+            "rule."
+        )
+    if inputs.split.holdout_sites:
+        return (
+            f"**Data split.** Internal-external validation of {cohort}: the whole sites "
+            f"{codes(inputs.split.holdout_sites)} form the test split (`split.holdout_sites`)."
+        )
+    return (
+        f"**Data split.** Patient-level train/test split of {cohort}, stratified on the outcome and seeded "
+        "(`split.test_size`, `base.seed`)."
+    )
+
+
+def folds_text(inputs: CardInputs) -> str:
+    used, declared = get(inputs.cv, "protocol.cv_folds"), inputs.train.cv_folds
+    if used is None or used == declared:
+        return f"{declared}-fold"
+    return (
+        f"{used}-fold (not the declared {declared}: each fold keeps at least `train.min_fold_events` responders "
+        "and non-responders)"
+    )
+
+
 def performance_section(inputs: CardInputs) -> list[Block]:
+    if not inputs.held_out:
+        return [
+            heading("performance"),
+            *internal_validation_blocks(inputs),
+            sub("Held-out test split"),
+            para(
+                "None (small-cohort protocol): every development patient trained the model, so there is no test "
+                f"split, no comparison with a reference and no test-split figure. External validation is in "
+                f"{ref('external')}."
+            ),
+        ]
     m, level = inputs.metrics, inputs.level
     champion = KeyedTable("measure (test split)", level)
     champion.number("AUROC", m, "test.auroc", 3, interval=True)
@@ -1527,7 +1731,7 @@ def performance_section(inputs: CardInputs) -> list[Block]:
         sub("Held-out test split"),
         Paragraph(
             (
-                "On the held-out synthetic test split. Intervals: ",
+                f"On the held-out {inputs.development_name} test split. Intervals: ",
                 str(intervals.get("discrimination", "")),
                 " for AUROC and AUPRC; ",
                 str(intervals.get("brier", "")),
@@ -1698,6 +1902,14 @@ def internal_validation_blocks(inputs: CardInputs) -> list[Block]:
 
 
 def decision_section(inputs: CardInputs) -> list[Block]:
+    if not inputs.held_out:
+        return [
+            heading("decision"),
+            para(
+                "Not computed: there is no test split (small-cohort protocol), and thresholds read on the patients "
+                "that trained the model would flatter it."
+            ),
+        ]
     thresholds = csv_table(
         inputs.thresholds,
         [
@@ -1726,9 +1938,9 @@ def decision_section(inputs: CardInputs) -> list[Block]:
         heading("decision"),
         para(
             "If offering treatment depended on the predicted probability exceeding a threshold, this is what would "
-            "happen on the synthetic test split. Net benefit counts true responders flagged per patient, minus false "
-            "positives weighted by the odds of the threshold. The thresholds were declared in params before the test "
-            "data were seen; **none is validated for clinical use**."
+            f"happen on the {inputs.development_name} test split. Net benefit counts true responders flagged per "
+            "patient, minus false positives weighted by the odds of the threshold. The thresholds were declared in "
+            "params before the test data were seen; **none is validated for clinical use**."
         ),
         thresholds,
         curve.table(),
@@ -1746,6 +1958,11 @@ def decision_section(inputs: CardInputs) -> list[Block]:
 
 
 def subgroups_section(inputs: CardInputs) -> list[Block]:
+    if not inputs.held_out:
+        return [
+            heading("subgroups"),
+            para("Not computed: there is no test split (small-cohort protocol) to measure subgroups on."),
+        ]
     table = KeyedTable("suppression")
     table.number(
         "cells with fewer patients, responders or non-responders than this are suppressed",
@@ -1777,8 +1994,12 @@ def subgroups_section(inputs: CardInputs) -> list[Block]:
             f"{NA}: with so few patients, responders or non-responders its numbers would be unstable and could "
             "identify individuals; when exactly one level of a group is suppressed, the next smallest is too, so it "
             "cannot be recovered by subtraction. Subgroup AUROCs have no intervals: differences between small levels "
-            "are expected by chance. The generator plants no effect of sex; route and site change the response rate "
-            "by design."
+            "are expected by chance."
+            + (
+                " The generator plants no effect of sex; route and site change the response rate by design."
+                if inputs.synthetic_development
+                else ""
+            )
         ),
         table.table(),
         grid,
@@ -1794,11 +2015,16 @@ def external_section(inputs: CardInputs) -> list[Block]:
             Paragraph(
                 (
                     f"Not available for this task: {reason}. {EXTERNAL_COHORT} has one infusion and a day-2 rating, so "
-                    "only the acute task can be checked on it. This model has no external validation of any kind.",
+                    "only the acute task can be checked on it."
+                    + (
+                        " Other cohorts: below."
+                        if get(inputs.metrics, "external_cohorts")
+                        else " This model has no external validation of any kind."
+                    ),
                 )
             )
         )
-        return blocks
+        return blocks + other_cohort_blocks(inputs)
     m, level = inputs.metrics, inputs.level
     table = KeyedTable(f"measure ({EXTERNAL_COHORT}, ketamine, day 2)", level)
     table.number("patients", m, "external.n", 0)
@@ -1864,7 +2090,9 @@ def external_section(inputs: CardInputs) -> list[Block]:
         ]
     missing = report.get("features_entirely_missing") or []
     differences = (
-        "Real patients of a research unit instead of synthetic clinic patients; one route and dose, no psychotherapy"
+        "Real patients of a research unit instead of "
+        + ("synthetic clinic patients" if inputs.synthetic_development else f"{inputs.development_name} patients")
+        + "; one route and dose, no psychotherapy"
     )
     blocks += [
         Paragraph(
@@ -1886,7 +2114,35 @@ def external_section(inputs: CardInputs) -> list[Block]:
         ),
         Quote((plain(str(report.get("limitations", ""))),)),
     ]
-    return blocks
+    return blocks + other_cohort_blocks(inputs)
+
+
+def other_cohort_blocks(inputs: CardInputs) -> list[Block]:
+    """External validation on every other configured cohort with the task's outcome (the model transported)."""
+    m, level = inputs.metrics, inputs.level
+    names = sorted(get(m, "external_cohorts") or {})
+    if not names:
+        return []
+    table = KeyedTable("cohort: measure", level)
+    for name in names:
+        key = f"external_cohorts.{name}"
+        table.number(f"{name}: patients", m, f"{key}.n", 0)
+        table.number(f"{name}: responders", m, f"{key}.events", 0)
+        table.number(f"{name}: observed response rate", m, f"{key}.observed_rate", 3, interval=True)
+        table.number(f"{name}: mean predicted probability", m, f"{key}.mean_predicted", 3)
+        table.number(f"{name}: AUROC (interval: DeLong, logit scale)", m, f"{key}.auroc", 3, interval=True)
+        table.number(f"{name}: calibration-in-the-large (log-odds)", m, f"{key}.calibration_in_the_large", 2,
+                     interval=True)  # fmt: skip
+        table.number(f"{name}: calibration slope", m, f"{key}.calibration_slope", 2, interval=True)
+    return [
+        sub("Other cohorts"),
+        para(
+            f"The model applied, unchanged, to every other configured cohort that records `{inputs.task_spec.target}` "
+            f"(development: {inputs.development_name}). Each is a different population: calibration is not expected "
+            f"to carry over; each cohort's limits in words are in `{inputs.evaluation.path}#external_cohorts`."
+        ),
+        table.table(),
+    ]
 
 
 FIDELITY_ROWS = (
@@ -1932,11 +2188,13 @@ def shap_section(inputs: CardInputs) -> list[Block]:
     )
     description = " ".join(sentence(str(part).rstrip(".")) + "." for part in parts if part)
     checks = KeyedTable("check")
-    checks.number("test patients explained", explain.fidelity, "n_explained", 0)
+    split = str(lookup(explain.explanation.data, "rows.split") or "test")
+    who = "test patients" if split == "test" else "development patients (no test split)"
+    checks.number(f"{who} explained", explain.fidelity, "n_explained", 0)
     checks.number("largest additivity error (log-odds)", explain.fidelity, "additivity.max_abs_error", 6)
     checks.number("additivity tolerance (log-odds)", explain.explanation, "additivity.tolerance", 4)
     blocks += [
-        Paragraph((f"SHAP values of the champion for every test patient. {description}",)),
+        Paragraph((f"SHAP values of the champion for every one of its {who}. {description}",)),
         para(
             "Additivity is checked on every row (base value + SHAP values = the model's log-odds); the stage stops "
             "rather than publish an explanation that does not add up."
@@ -2078,25 +2336,45 @@ def limitations_section(inputs: CardInputs) -> list[Block]:
             "**Synthetic development data.** Every development and test patient is synthetic. The effects were planted "
             "from published estimates, many from small studies, shrunk or estimated (tagged E in the literature "
             "notes); real relationships may differ in size, form and direction."
+        )
+        if inputs.synthetic_development
+        else text(
+            f"**Development data.** {inputs.development_name}: one population, with its own case-mix, recording "
+            "practice and missing data; the model describes it and nothing guarantees that it transports."
         ),
         (
             Strong("Ceiling."),
             f" {sentence(oracle_reading(inputs))}. Response is largely unpredictable from these predictors by "
             "design, as in the literature; the generating probability is higher still because it knows the site.",
-        ),
+        )
+        if inputs.synthetic_development
+        else text("**Ceiling.** Unknown: without a synthetic truth no model can be compared with the best possible."),
         text(
             "**Internal validation.** The bootstrap repeats the champion's fitting but not the hyperparameter search, "
             "the calibration choice or the selection among candidates, so its optimism is if anything too small, "
-            "most for tree ensembles; the held-out split is honest but one noisy draw."
+            "most for tree ensembles; "
+            + (
+                "the held-out split is honest but one noisy draw."
+                if inputs.held_out
+                else "with no held-out split it is the only internal estimate."
+            )
         ),
         (
             Strong("Calibration."),
-            f" {sentence(calibration_reading(inputs))}. Calibration on synthetic data says nothing about calibration "
-            "in a clinic whose response rate and case-mix differ.",
+            f" {sentence(calibration_reading(inputs)) if inputs.held_out else 'No test split to measure it on'}. "
+            f"Calibration on {inputs.development_name} data says nothing about calibration in a clinic whose "
+            "response rate and case-mix differ.",
         ),
     ]
     check = sample_size_check(inputs)
-    if check.riley is not None and check.n_train < check.riley.n:
+    if inputs.underpowered:
+        items.append(
+            text(
+                "**Sample size.** Underpowered: below the Riley minimum for the declared C statistic, trained only "
+                f"because `train.sample_size.override` is set ({ref('sample_size')})."
+            )
+        )
+    elif check.riley is not None and check.n_train < check.riley.n:
         items.append(text(f"**Sample size.** The training split is below the Riley minimum ({ref('sample_size')})."))
     if inputs.external_report().get("available"):
         items.append(
@@ -2104,6 +2382,13 @@ def limitations_section(inputs: CardInputs) -> list[Block]:
                 Strong("External validation."),
                 f" {sentence(external_reading(inputs))}. The real cohort is tiny, from one research unit, with most "
                 "inputs missing: a sanity check, not a validation study.",
+            )
+        )
+    elif get(inputs.metrics, "external_cohorts"):
+        items.append(
+            text(
+                f"**External validation.** On {', '.join(sorted(get(inputs.metrics, 'external_cohorts')))} only "
+                f"({ref('external')}).",
             )
         )
     else:
@@ -2115,7 +2400,8 @@ def limitations_section(inputs: CardInputs) -> list[Block]:
     items += [
         text(
             "**Subgroups.** Subgroup AUROCs carry no intervals and small cells are suppressed; no fairness claim "
-            "beyond the table is supported, and the synthetic sites are not real services."
+            "beyond the table is supported"
+            + (", and the synthetic sites are not real services." if inputs.synthetic_development else ".")
         ),
         text(
             "**Explanations.** SHAP values describe how the model uses correlated predictors, not causes; for a "
@@ -2146,6 +2432,12 @@ def open_science_section(inputs: CardInputs) -> list[Block]:
                     "**Ethics.** No ethics review is recorded for this research software. Development used only "
                     "synthetic data; the public trial data are distributed de-identified under the licence in "
                     f"{ref('data')}. No patient identifier appears in this card, in MLflow or in the reports."
+                )
+                if inputs.synthetic_development
+                else text(
+                    f"**Ethics.** Developed on {inputs.development_name}: its approval and consent are the data "
+                    "holder's to record; the pipeline records none. No patient identifier appears in this card, in "
+                    "MLflow or in the reports."
                 ),
                 text(
                     "**Funding, conflicts of interest, protocol, registration.** Not recorded in the pipeline's "
@@ -2155,7 +2447,12 @@ def open_science_section(inputs: CardInputs) -> list[Block]:
                 text(
                     f"**Code and data availability.** The code is this repository at the commit in {ref('identity')}. "
                     "The synthetic data are regenerated byte for byte by `dvc repro` from `params.yaml`; the public "
-                    f"data set is cited with its DOI in {ref('data')}."
+                    f"data set is cited with its DOI in {ref('data')}"
+                    + (
+                        "."
+                        if inputs.synthetic_development
+                        else f"; {inputs.development_name} is available only as its data holder allows."
+                    )
                 ),
             )
         ),
@@ -2249,7 +2546,7 @@ def provenance_section(inputs: CardInputs) -> list[Block]:
     return [
         *blocks,
         para(
-            "The hashes DVC recorded in `dvc.lock` when this card was built identify the exact synthetic cohort, "
+            "The hashes DVC recorded in `dvc.lock` when this card was built identify the exact source data, "
             "public data, clean cohort, split, model, evaluation and explanations it describes (a directory's hash "
             "covers every file in it)."
         ),
@@ -2287,8 +2584,14 @@ def build_card(inputs: CardInputs) -> Document:
         Quote(
             (
                 text(
-                    "**Research use only. Not a medical device.** Developed and tested on synthetic patients; not for "
-                    f"any clinical decision. Generated from the pipeline's outputs by `trd report {inputs.task}`."
+                    "**Research use only. Not a medical device.** "
+                    + (
+                        "Developed and tested on synthetic patients"
+                        if inputs.synthetic_development
+                        else f"Developed on {inputs.development_name} patients"
+                    )
+                    + f"; not for any clinical decision. Generated from the pipeline's outputs by "
+                    f"`trd report {inputs.task}`."
                 ),
             ),
             kind="warning",
@@ -2300,7 +2603,8 @@ def build_card(inputs: CardInputs) -> Document:
         blocks += SECTION_BUILDERS[key](inputs)
     title = (
         f"Model card: {inputs.registered_name}, a machine-learning model of response to ketamine in "
-        f"treatment-resistant depression (task {inputs.task}; synthetic development data)"
+        f"treatment-resistant depression (task {inputs.task}; {inputs.development_name} development data"
+        + ("; underpowered)" if inputs.underpowered else ")")
     )
     return Document(title, tuple(blocks))
 
