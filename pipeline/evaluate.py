@@ -1194,10 +1194,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def write_outputs(evaluation: Evaluation, folder: Path) -> None:
     """Write every output into ``folder``, replacing it as a whole (no partial folder on failure)."""
+    from pipeline.headline import evaluation_headline  # noqa: PLC0415
     from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
     with atomic_folder(folder) as staging:
         write_json(json_ready(evaluation.metrics), staging / "metrics.json")
+        # the few numbers dvc.yaml declares as DVC metrics (pipeline/headline.py)
+        write_json(evaluation_headline(evaluation.task, json_ready(evaluation.metrics)), staging / "headline.json")
         write_json(json_ready(evaluation.report), staging / "evaluation.json")
         _write_csv(evaluation.thresholds, staging / "thresholds.csv")
         _write_csv(evaluation.subgroups, staging / "subgroups.csv")
@@ -1210,6 +1213,12 @@ def write_outputs(evaluation: Evaluation, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # figures (matplotlib's object API with the Agg canvas: no pyplot state, no display needed)
 # --------------------------------------------------------------------------------------------------------------
+
+
+# one colour per series, the same in every figure: the champion red, the oracle black (dashed), treat-all blue,
+# the other candidates from the rest of the default cycle (never the champion's)
+CHAMPION_COLOUR = "C3"
+OTHER_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C8", "C9")
 
 
 def _new_figure(width: float = 5.5, height: float = 5.0) -> Any:
@@ -1253,7 +1262,7 @@ def calibration_figure(evaluation: Evaluation) -> Any:
     top.errorbar(
         curve["mean_predicted"], curve["observed"],
         yerr=[curve["observed"] - curve["ci_lower"], curve["ci_upper"] - curve["observed"]],
-        fmt="o-", capsize=3, label="champion (95 % Wilson CI per bin)",
+        fmt="o-", color=CHAMPION_COLOUR, capsize=3, label="champion (95 % Wilson CI per bin)",
     )  # fmt: skip
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed response rate", title=_title(evaluation))
     top.text(
@@ -1278,18 +1287,18 @@ def roc_figure(evaluation: Evaluation) -> Any:
     figure = _new_figure()
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
-    for name, points in evaluation.curves["roc"].items():
-        if name in (CHAMPION, ORACLE, champion):  # the champion's own candidate would duplicate its curve
-            continue
+    others = [n for n in evaluation.curves["roc"] if n not in (CHAMPION, ORACLE, champion)]  # champion: no duplicate
+    for name, colour in zip(others, OTHER_COLOURS, strict=False):
+        points = evaluation.curves["roc"][name]
         label = f"{name}: {_ci_label(test['candidates'][name], 'auroc')}"
-        axes.plot(points["fpr"], points["tpr"], linewidth=0.8, alpha=0.6, label=label)
+        axes.plot(points["fpr"], points["tpr"], color=colour, linewidth=0.8, alpha=0.6, label=label)
     if oracle is not None:
         points = evaluation.curves["roc"][ORACLE]
         label = f"generating probability (oracle; knows the site): {_ci_label(oracle, 'auroc')}"
         axes.plot(points["fpr"], points["tpr"], color="black", linestyle="--", label=label)
     points = evaluation.curves["roc"][CHAMPION]
     label = f"champion ({champion}): {_ci_label(test, 'auroc')}"
-    axes.plot(points["fpr"], points["tpr"], color="C3", linewidth=2, label=label)
+    axes.plot(points["fpr"], points["tpr"], color=CHAMPION_COLOUR, linewidth=2, label=label)
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="1 − specificity", ylabel="sensitivity", title=_title(evaluation))
     axes.legend(loc="lower right", fontsize=7, title="AUROC [95 % CI]", title_fontsize=7)
     return figure
@@ -1309,7 +1318,7 @@ def precision_recall_figure(evaluation: Evaluation) -> Any:
         axes.plot(points["recall"], points["precision"], color="black", linestyle="--", label=label)
     points = evaluation.curves["precision_recall"][CHAMPION]
     label = f"champion ({champion}): {_ci_label(test, 'auprc')}"
-    axes.plot(points["recall"], points["precision"], color="C3", linewidth=2, label=label)
+    axes.plot(points["recall"], points["precision"], color=CHAMPION_COLOUR, linewidth=2, label=label)
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
     axes.set_title(_title(evaluation))
     axes.legend(loc="upper right", fontsize=7, title="AUPRC [95 % CI]", title_fontsize=7)
@@ -1328,7 +1337,13 @@ def decision_curve_figure(evaluation: Evaluation) -> Any:
         oracle_curve = evaluation.decision_curves[ORACLE]
         axes.plot(oracle_curve["threshold"], oracle_curve["net_benefit_model"], color="black", linestyle="--",
                   label="oracle")  # fmt: skip
-    axes.plot(curve["threshold"], curve["net_benefit_model"], color="C3", linewidth=2, label=f"champion ({champion})")
+    axes.plot(
+        curve["threshold"],
+        curve["net_benefit_model"],
+        color=CHAMPION_COLOUR,
+        linewidth=2,
+        label=f"champion ({champion})",
+    )
     prevalence = float(evaluation.y.mean())
     axes.set(
         ylim=(-0.05, max(prevalence, 0.05) * 1.1),

@@ -1167,10 +1167,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_reports(result: Explanation, folder: Path) -> None:
     """The identifier-free outputs: fidelity.json, explanation.json, tables and figures."""
     from pipeline.evaluate import json_ready  # noqa: PLC0415
+    from pipeline.headline import explain_headline  # noqa: PLC0415
     from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
     with atomic_folder(folder) as staging:
         write_json(json_ready(result.metrics), staging / "fidelity.json")
+        # the DVC metric of this stage (pipeline/headline.py)
+        write_json(explain_headline(result.task, json_ready(result.metrics)), staging / "headline.json")
         write_json(json_ready(result.report), staging / "explanation.json")
         _write_csv(result.importance, staging / "importance.csv")
         if result.fidelity is not None:

@@ -419,7 +419,6 @@ class CardInputs:
     explain: ExplainInputs | None
     registry: RegistryInfo
     lock: tuple[LockEntry, ...]
-    git_sha: str
 
     @property
     def registered_name(self) -> str:
@@ -923,7 +922,11 @@ def identity_section(inputs: CardInputs) -> list[Block]:
         else:
             alias = "no: no version holds the alias"
         table.other(text(f"holds the `{CHAMPION_ALIAS}` alias"), alias, "MLflow registry")
-        table.other("MLflow training run", reg.run_id or NA, "MLflow registry")
+        # where to find the run, not its id: the id differs in every store, the card must not (dvc status)
+        table.other(
+            "MLflow training run", f"experiment {reg.name}, the version's run (tag estimator_sha256 below)",
+            "MLflow registry",
+        )  # fmt: skip
         table.other("registry gate", reg.gate or NA, "MLflow model version tag gate")
         table.other("git commit of the training run", reg.training_git_sha or NA, "MLflow run tag git_sha")
     else:
@@ -934,7 +937,6 @@ def identity_section(inputs: CardInputs) -> list[Block]:
     table.string("estimator SHA-256", info, "estimator_sha256")
     table.string("training split SHA-256", info, "training_data_sha256")
     table.string("package version", info, "package_version")
-    table.other("git commit when this card was built", inputs.git_sha, "git rev-parse HEAD")
     blocks: list[Block] = [
         heading("identity"),
         para(
@@ -2893,7 +2895,6 @@ def gather_inputs(root: Path, task_name: str, raw_params: dict[str, Any]) -> Car
     from pipeline.params import parse_section  # noqa: PLC0415
     from pipeline.split import SplitParams  # noqa: PLC0415
     from pipeline.tasks import TasksParams  # noqa: PLC0415
-    from pipeline.tracking import git_sha  # noqa: PLC0415
     from pipeline.train import TrainParams  # noqa: PLC0415
 
     sources = {
@@ -2935,7 +2936,6 @@ def gather_inputs(root: Path, task_name: str, raw_params: dict[str, Any]) -> Car
             root, str(model_info.data["registered_model_name"]), str(model_info.data["estimator_sha256"])
         ),
         lock=read_lock(root, task_name),
-        git_sha=git_sha(root),
     )
     check_consistency(inputs)
     return inputs

@@ -726,7 +726,10 @@ def main(task_name: str) -> None:
     )
     write_json(cv_report(trained, params), paths.reports_dir / task_name / "cv_metrics.json")
     save_candidates(trained, paths.models_dir / "candidates" / task_name)
-    log_to_mlflow(trained, params, paths.root, model_dir, features=X, train_path=inputs.train_path, seed=inputs.seed)
+    log_to_mlflow(
+        trained, params, paths.root, model_dir, features=X, train_path=inputs.train_path, seed=inputs.seed,
+        description=inputs.task.description,
+    )  # fmt: skip
 
 
 def log_to_mlflow(
@@ -738,6 +741,7 @@ def log_to_mlflow(
     features: pd.DataFrame,
     train_path: Any,
     seed: int,
+    description: str = "",
 ) -> dict[str, Any]:
     """One run per task, a nested run per candidate; the saved model logged once, registered, gated."""
     import mlflow  # noqa: PLC0415
@@ -775,7 +779,9 @@ def log_to_mlflow(
             mlflow.set_tag(f"dvc_md5.{path}", digest)
         rows = trained.selection.get("candidates", {})
         for result in trained.results:
-            with mlflow.start_run(run_name=result.name, nested=True, tags={"candidate": result.name}):
+            with mlflow.start_run(
+                run_name=result.name, nested=True, tags={**tracking.run_tags(root), "candidate": result.name}
+            ):
                 mlflow.log_params({f"hp.{k}": v for k, v in result.best_params.items()})
                 mlflow.log_param("calibration", result.calibration)
                 mlflow.log_metrics({**result.cv, "fit_seconds": result.seconds})
@@ -826,6 +832,7 @@ def log_to_mlflow(
         mlflow.set_tag("model_manifest_sha256", manifest_sha256)
         MlflowClient().set_model_version_tag(name, version, "model_manifest_sha256", manifest_sha256)
         decision = tracking.promote_if_gated(name, version, reasons)
+        tracking.describe_model(name, version, trained, description)
         mlflow.set_tags(
             {
                 "gate_passed": str(decision["gate_passed"]),

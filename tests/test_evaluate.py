@@ -578,17 +578,13 @@ def test_dvc_yaml_declares_the_stage_its_metrics_and_plots_for_every_task(writte
     folder = written[0]
     for task in TASKS.root:
         prefix = f"reports/{task}/evaluation/"
-        assert f"{prefix}metrics.json" in dvc["metrics"]
-        task_plots = [next(iter(p.values())) for p in dvc["plots"] if next(iter(p)).startswith(f"{task} ")]
-        assert len(task_plots) == 4, task
-        for plot in task_plots:
-            for path, fields in plot["y"].items():
-                assert path.startswith(prefix)
-                # every declared file and field exists in what the stage writes (checked on the acute output)
-                columns = pd.read_csv(folder / path.removeprefix(prefix), nrows=0).columns
-                assert plot["x"] in columns, path
-                for name in [fields] if isinstance(fields, str) else fields:
-                    assert name in columns, (path, name)
+        # the headline is the only DVC metric; the figures are the plots (images render offline)
+        assert f"{prefix}headline.json" in dvc["metrics"]
+        assert f"{prefix}metrics.json" not in dvc["metrics"]
+        assert f"{prefix}figures" in dvc["plots"]
+    # what they point to exists in what the stage writes (checked on the acute output)
+    assert set(json.loads((folder / "headline.json").read_text())["acute"]) >= {"auc", "slope", "gap"}
+    assert {p.name for p in (folder / "figures").iterdir()} == set(evaluate.FIGURES)
 
 
 # --------------------------------------------------------------------------------------------------------------

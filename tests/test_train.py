@@ -328,6 +328,12 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     assert parents["metrics.internal_validation.auroc.corrected"].notna().all()
     nested = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert nested["metrics.selection.margin"].notna().all()
+    assert nested["tags.git_sha"].notna().all()  # the candidates carry the run tags too (and DVC's, in DVC)
+    # the registry says what the model is; the UI opens the model-training view
+    assert "trd features" in client.get_registered_model("trd-acute").description
+    assert "CV AUROC" in client.get_model_version("trd-acute", decision["version"]).description
+    kind = mlflow.get_experiment_by_name("trd-acute").tags[tracking.EXPERIMENT_KIND_TAG]
+    assert kind == "custom_model_development"
     assert len(runs) == 2 * (1 + len(trained.results))  # parent + nested candidates, twice
 
     # evaluate and explain add to the newest training run of the same estimator, and to no other

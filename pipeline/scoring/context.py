@@ -51,6 +51,11 @@ def resolve_model(model: str | None, task: str, paths: ProjectPaths | None) -> t
     return load_bundle(model), "local"
 
 
+def configs_folder(paths: ProjectPaths | None) -> Path:
+    """The project's configs/, or outside a project the configs installed beside the package."""
+    return paths.configs if paths else Path(str(files("pipeline"))).parent / "configs"
+
+
 def build_context(
     *, model: str | None, task: str, input_format_name: str, source_file: str, explain: bool, top_k: int
 ) -> ScoringContext:
@@ -59,7 +64,7 @@ def build_context(
         paths: ProjectPaths | None = ProjectPaths.discover()
     except PipelineError:
         paths = None  # outside the project: the model and the configs installed beside the package suffice
-    configs = paths.configs if paths else Path(str(files("pipeline"))).parent / "configs"
+    configs = configs_folder(paths)
     contract = load_contract(configs / "cohort_schema.yaml")
     scales = load_scale_conversions(configs / "scale_conversions.yaml")
     bundle, version = resolve_model(model, task, paths)
