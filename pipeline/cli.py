@@ -123,7 +123,7 @@ def train(task: Task, verbose: Verbose = False) -> None:
 def evaluate(task: Task, verbose: Verbose = False) -> None:
     """Validate TASK's models on the test split, against the oracle and on ds005917 (params: evaluate)."""
     _configure_logging(verbose)
-    from pipeline.evaluate import main  # noqa: PLC0415
+    from pipeline.evaluate.main import main  # noqa: PLC0415
 
     run_guarded(lambda: main(task))
 
@@ -132,7 +132,7 @@ def evaluate(task: Task, verbose: Verbose = False) -> None:
 def explain(task: Task, verbose: Verbose = False) -> None:
     """SHAP explanations of TASK's champion, checked for additivity and against the planted truth (params: explain)."""
     _configure_logging(verbose)
-    from pipeline.explain import main  # noqa: PLC0415
+    from pipeline.explain.main import main  # noqa: PLC0415
 
     run_guarded(lambda: main(task))
 

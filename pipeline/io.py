@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 TEMP_SUFFIX = ".tmp"
+CSV_FLOAT_FORMAT = "%.6g"  # report tables and plot data: six significant digits are plenty and keep diffs readable
 
 
 def temp_path(destination: Path, token: str | None = None) -> Path:
@@ -337,3 +340,36 @@ def read_parquet(path: Path, what: str = "input") -> pd.DataFrame:
         raise PipelineError(
             f"{what} is not a readable Parquet file ({exc})", file=path, hint="re-create it with dvc repro -f"
         ) from None
+
+
+def write_frame_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A report table or plot data as CSV: six significant digits, LF line ends, no index (stable bytes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False, float_format=CSV_FLOAT_FORMAT, lineterminator="\n")
+
+
+def json_ready(value: Any) -> Any:
+    """Nested dict with NaN/inf as null and numpy scalars as Python numbers (write_json refuses NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def flatten_metrics(nested: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"test": {"auroc": x}}`` -> ``{"test.auroc": x}``, dropping missing values (for MLflow)."""
+    flat: dict[str, float] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten_metrics(value, f"{name}.")
+        elif value is not None and not isinstance(value, bool) and math.isfinite(float(value)):
+            flat[name] = float(value)
+    return flat

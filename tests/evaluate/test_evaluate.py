@@ -16,23 +16,17 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from pipeline import evaluate, metrics
+from pipeline import metrics
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.evaluate import (
-    CHAMPION,
-    EvaluateParams,
-    Evaluation,
-    age_bands,
-    evaluate_task,
-    external_validation,
-    flatten_metrics,
-    json_ready,
-    load_candidates,
-    log_to_mlflow,
-    write_outputs,
-)
+from pipeline.evaluate import main as stage
+from pipeline.evaluate import performance, plots, types
+from pipeline.evaluate.core import evaluate_task
+from pipeline.evaluate.external import external_validation
+from pipeline.evaluate.main import log_to_mlflow, write_outputs
+from pipeline.evaluate.performance import age_bands, load_candidates
+from pipeline.evaluate.types import CHAMPION, EvaluateParams, Evaluation
 from pipeline.features import FeatureColumn, FeatureSpec, build_features, build_target
-from pipeline.io import write_parquet
+from pipeline.io import flatten_metrics, json_ready, write_parquet
 from pipeline.model import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams, task_predictors
@@ -419,7 +413,7 @@ def test_lowering_min_cell_warns(data, honest) -> None:
     y, p = champion_scores(data, honest)
     params = eval_params(subgroups={"columns": ["site"], "age_bands": [18], "min_cell": 2}).subgroups
     with pytest.warns(UserWarning, match="min_cell=2"):
-        table = evaluate.subgroup_performance(data["test"], y, p, params)
+        table = performance.subgroup_performance(data["test"], y, p, params)
     tiny = table[table["level"] == TINY_SITE].iloc[0]
     assert not tiny["suppressed"]  # six patients, two responders: shown at min_cell 2
     assert tiny["n"] == 6
@@ -573,7 +567,7 @@ def test_dvc_yaml_declares_the_stage_its_metrics_and_plots_for_every_task(writte
     stage = dvc["stages"]["evaluate"]
     assert stage["foreach"] == "${tasks}"
     assert stage["do"]["cmd"] == "python -m pipeline evaluate ${key}"
-    assert stage["do"]["params"] == [p.replace("{task}", "${key}") for p in evaluate.PARAMS_USED]
+    assert stage["do"]["params"] == [p.replace("{task}", "${key}") for p in types.PARAMS_USED]
     assert stage["do"]["outs"] == ["reports/${key}/evaluation"]
     folder = written[0]
     for task in TASKS.root:
@@ -584,7 +578,7 @@ def test_dvc_yaml_declares_the_stage_its_metrics_and_plots_for_every_task(writte
         assert f"{prefix}figures" in dvc["plots"]
     # what they point to exists in what the stage writes (checked on the acute output)
     assert set(json.loads((folder / "headline.json").read_text())["acute"]) >= {"auc", "slope", "gap"}
-    assert {p.name for p in (folder / "figures").iterdir()} == set(evaluate.FIGURES)
+    assert {p.name for p in (folder / "figures").iterdir()} == set(plots.FIGURES)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -608,7 +602,7 @@ def test_main_writes_the_outputs_and_logs_to_the_training_run(
     shutil.copytree(honest["folder"] / "candidates", project_root / "models/candidates/acute")
     run_id = register_training_run(project_root, honest["champion"].info.estimator_sha256, SEED)
 
-    evaluate.main("acute")
+    stage.main("acute")
 
     folder = project_root / "reports/acute/evaluation"
     payload = json.loads((folder / "metrics.json").read_text())
@@ -645,4 +639,4 @@ def test_unknown_subgroup_column_is_a_config_error(data, honest) -> None:
     y, p = champion_scores(data, honest)
     params = eval_params(subgroups={"columns": ["hair_colour"], "age_bands": [18]}).subgroups
     with pytest.raises(ConfigError, match="hair_colour"):
-        evaluate.subgroup_performance(data["test"], y, p, params)
+        performance.subgroup_performance(data["test"], y, p, params)

@@ -20,30 +20,21 @@ from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from threadpoolctl import threadpool_limits
 
-from pipeline import explain
 from pipeline.calibration import CalibratedModel
 from pipeline.contributions import model_margin
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.explain import (
-    LOG_ODDS,
-    SHAP_PREFIX,
-    ExplainParams,
-    PlantedReference,
-    check_additivity,
-    example_rows,
-    explain_task,
-    fidelity_checks,
-    figures,
-    parse_planted_truth,
-    planted_reference,
-    read_planted_effects,
-    write_per_patient,
-    write_reports,
-)
+from pipeline.explain import main as stage
+from pipeline.explain import types
+from pipeline.explain.core import check_additivity, example_rows, explain_task, planted_reference
+from pipeline.explain.fidelity import fidelity_checks
+from pipeline.explain.main import write_per_patient, write_reports
+from pipeline.explain.plots import figures
+from pipeline.explain.types import LOG_ODDS, SHAP_PREFIX, ExplainParams, PlantedReference
 from pipeline.features import FeatureSpec, build_features
 from pipeline.io import write_parquet
 from pipeline.model import OUTPUT_COLUMN, Bundle, ModelInfo, RiskBand, load_bundle, save_bundle
 from pipeline.params import read_params_file
+from pipeline.synthesize.planted import parse_planted_truth, read_planted_effects
 from pipeline.tasks import TasksParams
 from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT, register_training_run
@@ -237,7 +228,7 @@ def models(split, spec) -> dict[tuple[str, str], Bundle]:
     return {(name, cal): bundle(fit(name, cal, train, spec), spec, name, cal) for name, cal in CANDIDATES}
 
 
-def run(test: pd.DataFrame, champion: Bundle, reference: PlantedReference, **params) -> explain.Explanation:
+def run(test: pd.DataFrame, champion: Bundle, reference: PlantedReference, **params) -> types.Explanation:
     return explain_task(
         "acute", ACUTE, test, champion=champion, reference=reference, params=small_params(**params), seed=SEED
     )
@@ -251,7 +242,7 @@ def reference(planted, split, contributions) -> PlantedReference:
 
 
 @pytest.fixture(scope="module")
-def result(split, models, reference) -> explain.Explanation:
+def result(split, models, reference) -> types.Explanation:
     return run(split[1], models[("logreg", "none")], reference)
 
 
@@ -303,7 +294,7 @@ def test_values_plus_base_reproduce_the_margin_for_every_test_row(
     margin = model_margin(champion.estimator, features)
     reconstructed = frame["base_value"].to_numpy() + frame[shap_columns].to_numpy().sum(axis=1)
     np.testing.assert_allclose(reconstructed, margin, atol=1e-5)
-    assert result.metrics["additivity"]["max_abs_error"] <= explain.ADDITIVITY_TOLERANCE
+    assert result.metrics["additivity"]["max_abs_error"] <= types.ADDITIVITY_TOLERANCE
     np.testing.assert_allclose(frame["p_response"], champion.predict(features))
     assert frame["test_row"].tolist() == list(range(len(test)))
 
@@ -634,7 +625,7 @@ def test_fidelity_json_holds_only_numbers(written) -> None:
 def test_per_patient_values_keep_the_identifier_under_data(result, split, tmp_path) -> None:
     folder = tmp_path / "data" / "explanations" / "acute"
     write_per_patient(result, folder)
-    frame = pd.read_parquet(folder / explain.PER_PATIENT_FILE)
+    frame = pd.read_parquet(folder / types.PER_PATIENT_FILE)
     assert frame["patient_id"].tolist() == split[1]["patient_id"].astype(str).tolist()
     assert frame.loc[7, "test_row"] == 7
 
@@ -669,7 +660,7 @@ def test_main_writes_both_outputs_and_logs_only_the_reports_to_the_training_run(
     run_id = register_training_run(project_root, sha256, SEED)
     client = MlflowClient()
 
-    explain.main("acute")
+    stage.main("acute")
 
     folder = project_root / "reports/acute/explain"
     payload = json.loads((folder / "fidelity.json").read_text())
@@ -693,11 +684,11 @@ def test_dvc_yaml_declares_the_stage_and_its_metrics_for_every_task() -> None:
     stage = dvc["stages"]["explain"]
     assert stage["foreach"] == "${tasks}"
     assert stage["do"]["cmd"] == "python -m pipeline explain ${key}"
-    assert stage["do"]["params"] == [p.replace("{task}", "${key}") for p in explain.PARAMS_USED]
+    assert stage["do"]["params"] == [p.replace("{task}", "${key}") for p in types.PARAMS_USED]
     assert stage["do"]["outs"] == ["reports/${key}/explain", "data/explanations/${key}"]
     deps = stage["do"]["deps"]
     for needed in (
-        "pipeline/explain.py", "pipeline/contributions.py", "models/${key}", "data/processed/${key}/test.parquet",
+        "pipeline/explain", "pipeline/contributions.py", "models/${key}", "data/processed/${key}/test.parquet",
         "data/raw/synthetic/planted_effects.json", "data/raw/synthetic/true_contributions.parquet",
         "pipeline/calibration.py", "pipeline/design.py",
     ):  # fmt: skip

@@ -1,0 +1,23 @@
+"""dvc.yaml's code deps of evaluate@<task> are exactly the files the stage runs, and it imports no other stage."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.conftest import REPO_ROOT
+from tests.import_closure import stage_code, uncovered
+
+# other stages' modules: importing one would make this stage rerun on (and depend on) their internals
+OTHER_STAGES = ("pipeline/train.py", "pipeline/report.py", "pipeline/clean.py", "pipeline/split.py", "pipeline/explain")
+
+
+def test_code_deps_are_the_import_closure() -> None:
+    deps = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["evaluate"]["do"]["deps"]
+    missing, extra = uncovered(stage_code("pipeline.evaluate.main"), deps)
+    assert not missing, f"dvc.yaml evaluate deps miss files the stage imports: {sorted(missing)}"
+    assert not extra, f"dvc.yaml evaluate deps list code the stage never imports: {sorted(extra)}"
+
+
+def test_no_other_stage_is_imported() -> None:
+    code = stage_code("pipeline.evaluate.main")
+    assert not [f for f in code if f.startswith(OTHER_STAGES)]
