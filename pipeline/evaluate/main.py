@@ -14,18 +14,42 @@ import pandas as pd
 
 from pipeline import figures, tracking
 from pipeline.contract import load_contract
+from pipeline.errors import ModelError
 from pipeline.evaluate.core import evaluate_task
-from pipeline.evaluate.performance import load_candidates
 from pipeline.evaluate.plots import FIGURES, ci_label
-from pipeline.evaluate.types import CHAMPION, NO_TEST_SPLIT, ORACLE, OUTPUT_FOLDER, EvaluateParams, Evaluation
+from pipeline.evaluate.types import (
+    CHAMPION,
+    NO_TEST_SPLIT,
+    ORACLE,
+    OUTPUT_FOLDER,
+    Candidate,
+    EvaluateParams,
+    Evaluation,
+)
 from pipeline.headline import evaluation_headline
 from pipeline.io import atomic_folder, flatten_metrics, json_ready, read_parquet, write_frame_csv, write_json
-from pipeline.model import load_bundle
+from pipeline.model import load_bundle, load_estimator
 from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.tasks import TasksParams
 
 log = logging.getLogger(__name__)
+
+
+def load_candidates(folder: Path) -> dict[str, Candidate]:
+    """Every candidate in ``candidates.json``, hash-checked and loaded with the trusted-types list, by name."""
+    index_path = Path(folder) / "candidates.json"
+    if not index_path.is_file():
+        raise ModelError("candidate index missing", file=index_path, hint="run the train stage (dvc repro train)")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        entries = {name: (str(e["file"]), str(e["sha256"]), str(e["calibration"])) for name, e in index.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelError(f"candidate index unreadable ({exc})", file=index_path) from None
+    return {
+        name: Candidate(load_estimator(Path(folder) / file, sha256), sha256, calibration)
+        for name, (file, sha256, calibration) in sorted(entries.items())
+    }
 
 
 def plot_files(evaluation: Evaluation) -> dict[str, pd.DataFrame]:

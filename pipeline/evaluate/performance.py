@@ -4,10 +4,8 @@ missing value: the pure pieces :func:`pipeline.evaluate.core.evaluate_task` asse
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,24 +30,6 @@ if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed he
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
-
-
-def load_candidates(folder: Path) -> dict[str, Candidate]:
-    """Every candidate in ``candidates.json``, hash-checked and loaded with the trusted-types list, by name."""
-    from pipeline.model import load_estimator  # noqa: PLC0415 (imports MLflow)
-
-    index_path = Path(folder) / "candidates.json"
-    if not index_path.is_file():
-        raise ModelError("candidate index missing", file=index_path, hint="run the train stage (dvc repro train)")
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        entries = {name: (str(e["file"]), str(e["sha256"]), str(e["calibration"])) for name, e in index.items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ModelError(f"candidate index unreadable ({exc})", file=index_path) from None
-    return {
-        name: Candidate(load_estimator(Path(folder) / file, sha256), sha256, calibration)
-        for name, (file, sha256, calibration) in sorted(entries.items())
-    }
 
 
 def check_models(task: TaskSpec, champion: Bundle, candidates: dict[str, Candidate]) -> None:

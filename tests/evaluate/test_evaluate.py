@@ -22,8 +22,8 @@ from pipeline.evaluate import main as stage
 from pipeline.evaluate import performance, plots, types
 from pipeline.evaluate.core import evaluate_task
 from pipeline.evaluate.external import external_validation
-from pipeline.evaluate.main import log_to_mlflow, write_outputs
-from pipeline.evaluate.performance import age_bands, load_candidates
+from pipeline.evaluate.main import load_candidates, log_to_mlflow, write_outputs
+from pipeline.evaluate.performance import age_bands
 from pipeline.evaluate.types import CHAMPION, EvaluateParams, Evaluation
 from pipeline.features import FeatureColumn, FeatureSpec, build_features, build_target
 from pipeline.io import flatten_metrics, json_ready, write_parquet
