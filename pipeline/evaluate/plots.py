@@ -14,7 +14,6 @@ from pipeline.figures import new_figure
 # one colour per series, the same in every figure: the champion red, the oracle black (dashed), treat-all blue,
 # the other candidates from the rest of the default cycle (never the champion's)
 CHAMPION_COLOUR = "C3"
-
 OTHER_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C8", "C9")
 
 

@@ -13,15 +13,10 @@ from pipeline import metrics
 from pipeline.params import Frozen
 
 PARAMS_USED = ("base.seed", "tasks.{task}", "evaluate")
-
 AGE_BAND = "age_band"  # derived subgroup column: age cut at evaluate.subgroups.age_bands
-
 CHAMPION = "champion"
-
 ORACLE = "oracle"
-
 ORACLE_PREDICTORS = "oracle_predictors"
-
 OUTPUT_FOLDER = "evaluation"  # reports/<task>/evaluation/, the stage's one DVC out
 
 # Intervals computed for the champion only (see model_performance); candidates get AUROC and AUPRC intervals.
@@ -33,7 +28,6 @@ CHAMPION_ONLY_INTERVALS = frozenset(
 
 # How each candidate family (pipeline/train.py make_estimator) treats a missing feature at prediction time.
 TREE_CANDIDATES = {"xgboost": "XGBoost", "hist_gb": "histogram gradient boosting"}
-
 IMPUTING_CANDIDATES = {"logreg": "logistic regression", "logreg_spline": "spline logistic regression"}
 
 # Events below which an external validation is called a sanity check: the usual minimum for validation studies

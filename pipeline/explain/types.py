@@ -15,33 +15,22 @@ from pipeline.params import Frozen
 from pipeline.synthesize.planted import PlantedTruth
 
 PARAMS_USED = ("base.seed", "tasks.{task}", "explain")
-
 OUTPUT_FOLDER = "explain"  # reports/<task>/explain/, the stage's identifier-free DVC out
-
 PER_PATIENT_FOLDER = Path("data") / "explanations"  # data/explanations/<task>/, the out with patient ids
-
 PER_PATIENT_FILE = "shap.parquet"
-
 SYNTHETIC_COHORT = "synthetic"
-
 SHAP_PREFIX = "shap_"  # per-patient value columns: shap_<canonical feature>
-
 LOG_ODDS = "SHAP value (log-odds)"  # every figure carries this phrase in a title or an axis label
 
 # XGBoost sums float32 leaf values (about 1e-7 relative error per tree), the other paths are float64: 1e-4
 # log-odds is far below anything a reader could see and far above rounding for thousands of trees
 ADDITIVITY_TOLERANCE = 1e-4
-
 WATERFALL_MAX_DISPLAY = 10  # the rest are summed into one bar, as shap does
-
 DEPENDENCE_BINS = 10  # equal-count bins of the binned-mean line on numeric dependence plots
-
+# the role of each feature in the fidelity checks (sign_checks.csv, the fidelity figure)
 ROLE_EFFECT = "planted effect"
-
 ROLE_NOISE = "noise (planted 0)"
-
 ROLE_EXCLUDED = "excluded (explain.fidelity_exclude)"
-
 ROLE_NOT_COVERED = "not in the planted truth"
 
 

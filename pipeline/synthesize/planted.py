@@ -15,7 +15,6 @@ from pipeline.errors import PipelineError
 from pipeline.synthesize.effects import CONTRIBUTION_SEPARATOR
 
 PLANTED_EFFECTS_FILE = "planted_effects.json"
-
 TRUE_CONTRIBUTIONS_FILE = "true_contributions.parquet"
 
 
