@@ -27,6 +27,7 @@ LOG_ODDS = "SHAP value (log-odds)"  # every figure carries this phrase in a titl
 ADDITIVITY_TOLERANCE = 1e-4
 WATERFALL_MAX_DISPLAY = 10  # the rest are summed into one bar, as shap does
 DEPENDENCE_BINS = 10  # equal-count bins of the binned-mean line on numeric dependence plots
+
 # the role of each feature in the fidelity checks (sign_checks.csv, the fidelity figure)
 ROLE_EFFECT = "planted effect"
 ROLE_NOISE = "noise (planted 0)"
