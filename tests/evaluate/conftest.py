@@ -144,14 +144,14 @@ def save_model(folder: Path, trained, spec: FeatureSpec, candidate: str) -> Bund
     return load_bundle(folder / "model")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def data(contract):
     cohort, truth = synthetic_cohort(contract)
     return {"train": cohort.iloc[:400].reset_index(drop=True), "test": cohort.iloc[400:].reset_index(drop=True),
             "truth": truth}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def honest(contract, data, tmp_path_factory):
     """A model on the acute task's real predictors; the logistic regression is made the champion."""
     spec = FeatureSpec.from_columns("acute", "response_acute", task_predictors(ACUTE, contract))
@@ -162,17 +162,17 @@ def honest(contract, data, tmp_path_factory):
     return {"folder": folder, "champion": champion, "candidates": load_candidates(folder / "candidates")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def cohort(contract, data, honest):
     return pd.concat([data["train"], data["test"], real_cohort(contract, honest["champion"])], ignore_index=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def evaluation(data, honest, cohort) -> Evaluation:
     return run(data["test"], honest["champion"], honest["candidates"], data["truth"], cohort)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def written(evaluation, tmp_path_factory) -> tuple[Path, Path]:
     first, second = tmp_path_factory.mktemp("first") / "evaluation", tmp_path_factory.mktemp("second") / "evaluation"
     write_outputs(evaluation, first)
