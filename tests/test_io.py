@@ -2,11 +2,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_folder, atomic_path, read_parquet, write_json, write_parquet
+from pipeline.io import (
+    atomic_folder,
+    atomic_path,
+    flatten_metrics,
+    json_ready,
+    read_parquet,
+    write_frame_csv,
+    write_json,
+    write_parquet,
+)
 
 
 def test_failed_write_leaves_no_file(tmp_path: Path) -> None:
@@ -63,3 +73,16 @@ def test_corrupt_parquet_is_a_clear_error(tmp_path: Path) -> None:
         read_parquet(bad)
     with pytest.raises(PipelineError, match="not found"):
         read_parquet(tmp_path / "missing.parquet")
+
+
+def test_json_ready_and_flatten() -> None:
+    nested = {"a": {"b": np.float64("nan"), "c": np.int64(3), "d": {"e": 0.5}, "f": np.bool_(True)}}
+    assert json_ready(nested) == {"a": {"b": None, "c": 3, "d": {"e": 0.5}, "f": True}}
+    # missing values and flags are not metrics: only finite numbers reach MLflow
+    assert flatten_metrics(json_ready(nested)) == {"a.c": 3.0, "a.d.e": 0.5}
+
+
+def test_frame_csv_has_six_significant_digits_and_lf_line_ends(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "t.csv"
+    write_frame_csv(pd.DataFrame({"x": [1 / 3, 2.0], "y": ["a", "b"]}), path)
+    assert path.read_bytes() == b"x,y\n0.333333,a\n2,b\n"

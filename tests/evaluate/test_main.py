@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -14,7 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluate import main as stage
 from pipeline.evaluate import performance, plots, types
 from pipeline.evaluate.main import log_to_mlflow
-from pipeline.io import flatten_metrics, json_ready, write_parquet
+from pipeline.io import write_parquet
 from tests.conftest import REPO_ROOT, register_training_run
 from tests.evaluate.conftest import N_BOOT, SEED, TASKS, champion_scores, eval_params
 
@@ -57,12 +56,6 @@ def test_metrics_json_holds_only_numbers_and_nulls(written) -> None:
     assert {"auroc", "brier"} <= set(payload["oracle"])
     assert {"auroc", "auroc_lower", "auroc_upper"} <= set(payload["gap"])
     assert {"n", "events", "auroc", "spearman_rho"} <= set(payload["external"])
-
-
-def test_json_ready_and_flatten() -> None:
-    nested = {"a": {"b": np.float64("nan"), "c": np.int64(3), "d": {"e": 0.5}}}
-    assert json_ready(nested) == {"a": {"b": None, "c": 3, "d": {"e": 0.5}}}
-    assert flatten_metrics(json_ready(nested)) == {"a.c": 3.0, "a.d.e": 0.5}
 
 
 # --------------------------------------------------------------------------------------------------------------
