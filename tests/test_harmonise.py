@@ -30,6 +30,8 @@ def record(**overrides: object) -> dict[str, object]:
         "si_current": "no", "route": "IV", "dose": 0.5, "n_sessions": 6.0, "psychotherapy": "none",
         "scale": "MADRS", "score_baseline": 30.0, "score_24h": 20.0, "score_acute": 14.0, "score_end": 10.0,
         "score_week8": 16.0, "cadss_peak_first": 8.0, "sbp_rise_first": 15.0,
+        "htn": "no", "bp_sys_pre": 125.0, "bp_dia_pre": 80.0, "postpartum_onset": "no", "gad7_baseline": 14.0,
+        "dbp_rise_first": 9.0, "gad7_end": 6.0,
     }  # fmt: skip
     row.update(overrides)
     return row

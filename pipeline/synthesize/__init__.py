@@ -66,7 +66,7 @@ from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
-from pipeline.synthesize.effects import auroc, oracle_aurocs, planted_effects, true_contributions
+from pipeline.synthesize.effects import OUTCOMES, auroc, oracle_aurocs, planted_effects, true_contributions
 from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
 from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
 from pipeline.synthesize.params import SynthesizeParams
@@ -177,8 +177,9 @@ def main() -> None:
     write_parquet(cohort.true_contributions, out / "true_contributions.parquet")
 
     low, high = params.oracle_auroc_range
-    for outcome, entry in cohort.planted_effects["outcomes"].items():
-        if outcome != "response_end_early" and not low <= entry["oracle_auroc"] <= high:
+    for outcome in OUTCOMES:  # the response outcomes, which lit §3's range is about
+        entry = cohort.planted_effects["outcomes"][outcome]
+        if not low <= entry["oracle_auroc"] <= high:
             logger.warning(
                 "oracle AUROC of %s is %.3f, outside synthesize.oracle_auroc_range [%g, %g]",
                 outcome,
