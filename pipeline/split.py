@@ -1,8 +1,9 @@
 """Stage ``split@<task>``: patient-level train/test split of the training cohort, stratified and seeded.
 
 With ``split.holdout_sites`` set, those whole sites form the test split instead (internal-external
-validation). Only rows of ``split.training_cohort`` with a known target are split; the real cohort is never
-used for training.
+validation). Only rows of ``split.training_cohort`` with a known target, inside the task's population
+(``tasks.<task>.population``, :func:`pipeline.tasks.population_mask`), are split; the real cohort is never used
+for training.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
 from pipeline.params import BaseParams, Frozen, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
-from pipeline.tasks import TasksParams, TaskSpec
+from pipeline.tasks import TasksParams, TaskSpec, population_mask
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def split_cohort(
     cohort: pd.DataFrame, task: TaskSpec, params: SplitParams, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return (train, test) rows of the training cohort with a known target."""
-    eligible = cohort[(cohort["cohort"] == params.training_cohort) & cohort[task.target].notna()]
+    in_population = population_mask(cohort, task.population)
+    eligible = cohort[(cohort["cohort"] == params.training_cohort) & cohort[task.target].notna() & in_population]
     eligible = eligible.sort_values("patient_id", kind="stable").reset_index(drop=True)
     duplicated = eligible["patient_id"].duplicated()
     if duplicated.any():  # one patient in two rows could land on both sides of the split
@@ -46,7 +48,8 @@ def split_cohort(
         )
     if eligible.empty:
         raise PipelineError(
-            f"no '{params.training_cohort}' rows with a known {task.target}",
+            f"no '{params.training_cohort}' rows with a known {task.target}"
+            + (f" in the task's population ({task.population.description})" if task.population else ""),
             hint="check split.training_cohort and the clean stage's report",
         )
     if params.holdout_sites:

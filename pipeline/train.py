@@ -639,6 +639,9 @@ def main(task_name: str) -> None:
         # (checked against its predictors when the inputs were loaded) and the training split's numeric ranges
         "scoring_rule": inputs.task.scoring.model_dump(),
         "training_ranges": training_ranges(X, inputs.spec),
+        # what the probability is of, and who the model is for: the scorer's wording and eligibility check
+        "outcome": inputs.task.outcome.model_dump(),
+        "population": inputs.task.population.model_dump() if inputs.task.population else None,
     }
     model_dir = paths.models_dir / task_name
     save_bundle(
