@@ -1209,8 +1209,8 @@ def flow_section(inputs: CardInputs) -> list[Block]:
         Paragraph(eligibility_text(inputs)),
         table.table(),
         para(
-            "Characteristics of the test split by sex, age band, route, site and psychotherapy (patients and response "
-            f"rate per level) are in {ref('subgroups')}."
+            "Characteristics of the test split by sex, age band, route, site, psychotherapy and postpartum onset "
+            f"(patients and {vocab(inputs).rate} per level) are in {ref('subgroups')}."
         ),
     ]
 
@@ -1768,6 +1768,10 @@ def internal_validation_blocks(inputs: CardInputs) -> list[Block]:
     ]
 
 
+# what a flag above the threshold would trigger, by outcome kind
+DECISIONS = {"benefit": "offering treatment", "harm": "closer monitoring (or a pre-dose review)"}
+
+
 def decision_section(inputs: CardInputs) -> list[Block]:
     thresholds = csv_table(
         inputs.thresholds,
@@ -1782,7 +1786,7 @@ def decision_section(inputs: CardInputs) -> list[Block]:
             Column("specificity", "specificity", 3),
             Column("ppv", "PPV", 3),
             Column("npv", "NPV", 3),
-            Column("nne", "flagged per responder (1/PPV)", 2),
+            Column("nne", f"flagged per one of the {vocab(inputs).events} (1/PPV)", 2),
             Column("net_benefit", "net benefit", 3),
         ],
     )
@@ -1796,8 +1800,9 @@ def decision_section(inputs: CardInputs) -> list[Block]:
     return [
         heading("decision"),
         para(
-            "If offering treatment depended on the predicted probability exceeding a threshold, this is what would "
-            "happen on the synthetic test split. Net benefit counts true responders flagged per patient, minus false "
+            f"If {DECISIONS[vocab(inputs).kind]} depended on the predicted probability exceeding a threshold, this is "
+            f"what would happen on the synthetic test split. Net benefit counts true {vocab(inputs).events} flagged "
+            "per patient, minus false "
             "positives weighted by the odds of the threshold. The thresholds were declared in params before the test "
             "data were seen; **none is validated for clinical use**."
         ),

@@ -622,7 +622,7 @@ def main(task_name: str) -> None:
     paths = ProjectPaths.discover()
     inputs = load_training_inputs(task_name, paths)
     params, X, y = inputs.params, inputs.X, inputs.y
-    log.info("%s: %d training patients, %d responders, %d features", task_name, len(y), y.sum(), X.shape[1])
+    log.info("%s: %d training patients, %d with the outcome, %d features", task_name, len(y), y.sum(), X.shape[1])
     trained = train_task(task_name, inputs.task.target, X, y, params=params, seed=inputs.seed)
 
     info_fields = {
