@@ -403,7 +403,7 @@ def test_small_subgroup_cells_are_suppressed(evaluation, written) -> None:
     assert bool(tiny["suppressed"])
     assert pd.isna(tiny["n"])
     assert math.isnan(tiny["auroc"])
-    assert set(table["group"]) == {"overall", "sex", "age_band", "route", "site", "psychotherapy"}
+    assert set(table["group"]) == {"overall", "sex", "age_band", "route", "site", "psychotherapy", "postpartum_onset"}
     overall = table[table["group"] == "overall"].iloc[0]
     assert overall["n"] == evaluation.metrics["test"]["n"]
     visible = table[~table["suppressed"]]
