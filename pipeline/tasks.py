@@ -177,7 +177,8 @@ def describe_scores(outcome: TaskOutcome | None, bands: Sequence[Any]) -> str:
     """One line for the scorer's console: what p_response is, and the risk bands in the task's words."""
     wording = (outcome or DEFAULT_OUTCOME).wording
     parts, low = [], 0.0
-    for band in bands:
-        parts.append(f"{risk_band_label(outcome, band.name)} [{low:g}, {band.upper:g})")
+    for i, band in enumerate(bands):
+        close = "]" if i == len(bands) - 1 else ")"  # the last band includes its upper bound (1.0)
+        parts.append(f"{risk_band_label(outcome, band.name)} [{low:g}, {band.upper:g}{close}")
         low = band.upper
     return f"p_response is the {wording}; risk bands: " + ", ".join(parts)
