@@ -130,7 +130,9 @@ def noise_above_planted(importance: list[dict[str, Any]]) -> list[str] | None:
     """Noise features the model uses more than its least-used planted one; None when the table cannot say."""
     if not importance or not {"fidelity_role", "mean_abs_shap", "feature"} <= set(importance[0]):
         return None
-    planted = [r["mean_abs_shap"] for r in importance if r["fidelity_role"] == "planted effect"]
+    planted = [
+        r["mean_abs_shap"] for r in importance if r["fidelity_role"] == "planted effect" and finite(r["mean_abs_shap"])
+    ]
     if not planted:
         return []
     weakest = min(planted)
