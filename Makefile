@@ -20,8 +20,12 @@ LOCK_TOOL := .venv-lock
 # Extra arguments for `make lock`, e.g. LOCK_ARGS=--upgrade or LOCK_ARGS="--upgrade-package numpy"
 LOCK_ARGS ?=
 
+# A DVC remote on a local or mounted folder (`make remote DVC_REMOTE=/mnt/team/trd-dvc`); outside the project so
+# that cleaning the project never deletes it.
+DVC_REMOTE ?= $(abspath ..)/trd-dvc-remote
+
 .DEFAULT_GOAL := help
-.PHONY: help setup lock run repro test test-fast lint format bench ui clean-outputs
+.PHONY: help setup lock run repro test test-fast lint format bench ui clean-outputs remote exps
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -77,3 +81,16 @@ ui: setup ## Open the MLflow UI on the embedded store (http://127.0.0.1:5000)
 
 clean-outputs: ## Delete pipeline outputs and the local MLflow store (keeps .venv)
 	rm -rf data/raw data/external data/interim data/processed models/* reports/* mlflow.db mlruns
+
+remote: ## Add DVC_REMOTE (default ../trd-dvc-remote) as this clone's default DVC remote `local`; then dvc push / dvc pull
+	mkdir -p $(DVC_REMOTE)
+	$(BIN)/dvc remote add --local --force --default local $(DVC_REMOTE)
+	@echo "DVC remote 'local' -> $(DVC_REMOTE) (in .dvc/config.local, this clone only). Next: dvc push"
+
+exps: ## dvc exp show, one table per task that fits 160 columns: its headline metrics (always) and the params that differ
+	@tasks=$$($(BIN)/python -c 'import yaml; print(*yaml.safe_load(open("params.yaml"))["tasks"])'); \
+	for task in $$tasks; do \
+	  others=$$(printf '%s\n' $$tasks | grep -vx "$$task" | paste -sd'|'); \
+	  $(BIN)/dvc exp show --no-pager --only-changed --keep "^$$task\." \
+	    --drop "^(($$others)\.|(pipeline|configs|data|models|reports)/)" || exit 1; \
+	done

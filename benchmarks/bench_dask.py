@@ -8,10 +8,10 @@ and ~0.5 % impossible ages (so the rejects path runs). Inputs are cached under `
 
 Each measurement runs in its own child process:
 
-* ``single``: ``pipeline.score.score_file`` (what ``trd score FILE`` runs) on each partition in turn, in one
+* ``single``: ``pipeline.scoring.score_file`` (what ``trd score FILE`` runs) on each partition in turn, in one
   process; peak memory is that process's ``VmHWM``;
 * ``dask N``: a LocalCluster like the one ``--workers N`` starts (N single-threaded worker processes on
-  127.0.0.1), then ``pipeline.score_dask.score_dataset`` on the folder.
+  127.0.0.1), then ``pipeline.scoring.dask_engine.score_dataset`` on the folder.
 
 "start s" is the one-off cost before scoring: for the single path, importing the pipeline; for Dask, starting
 the cluster and importing the pipeline in every worker process (which a long-running cluster pays once, not per
@@ -130,7 +130,7 @@ def _peak_mb() -> float:
 
 def child_single(folder: Path, model: Path, chunk_size: int, scratch: Path) -> dict:
     started = time.perf_counter()
-    from pipeline.score import build_context, score_file  # noqa: PLC0415
+    from pipeline.scoring import build_context, score_file  # noqa: PLC0415
 
     import_seconds = time.perf_counter() - started
     started, cpu = time.perf_counter(), _cpu_seconds()
@@ -152,22 +152,22 @@ def child_single(folder: Path, model: Path, chunk_size: int, scratch: Path) -> d
 def _import_pipeline() -> tuple[float, str]:
     """Run on each worker: import the scoring code (pandas, scikit-learn, skops, MLflow, ...); seconds, where."""
     started = time.perf_counter()
-    import pipeline.score_dask  # noqa: PLC0415
+    import pipeline.scoring.dask_engine  # noqa: PLC0415
 
-    return time.perf_counter() - started, pipeline.score_dask.__file__
+    return time.perf_counter() - started, pipeline.scoring.dask_engine.__file__
 
 
 def child_dask(folder: Path, model: Path, chunk_size: int, scratch: Path, workers: int) -> dict:
     from distributed import Client, LocalCluster  # noqa: PLC0415
 
-    from pipeline.score import build_context  # noqa: PLC0415
-    from pipeline.score_dask import score_dataset  # noqa: PLC0415
+    from pipeline.scoring import build_context  # noqa: PLC0415
+    from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
 
     ctx = build_context(
         model=str(model), task="acute", input_format_name="canonical", source_file=folder.name, explain=False, top_k=3
     )
     started = time.perf_counter()
-    # the settings of pipeline.score_dask.dask_client for --workers N
+    # the settings of pipeline.scoring.dask_engine.dask_client for --workers N
     with (
         LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None

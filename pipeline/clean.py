@@ -18,7 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import Field
 
-from pipeline.contract import CohortContract, load_contract
+from pipeline.contract import CohortContract, cohort_source_names, load_contract
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.harmonise import HarmoniseRules, harmonise, rules_from_tabular_spec
 from pipeline.io import write_json, write_parquet
@@ -85,7 +85,7 @@ def load_source_config(name: str, paths: ProjectPaths, contract: CohortContract,
     """The source's config, checked completely against the contract and the scale registry (no data read)."""
     spec_path = paths.sources_dir / f"{name}.yaml"
     if not spec_path.is_file():
-        known = sorted(p.stem for p in paths.sources_dir.glob("*.yaml"))
+        known = cohort_source_names(paths.sources_dir)
         raise ConfigError(
             f"unknown source '{name}'", file=paths.params_file, hint=f"clean.sources may list: {', '.join(known)}"
         )

@@ -176,6 +176,97 @@ def _input_contract_help() -> str:
     return "\n\n".join(["\n".join(lines[:2]), "\n".join(lines[2:])])
 
 
+def _check_task(task: str, model: str | None) -> None:
+    """An unknown --task is a usage error listing the tasks of params.yaml (when the model comes from models/TASK)."""
+    if model is not None:
+        return
+    from pipeline.paths import ProjectPaths  # noqa: PLC0415
+
+    try:
+        paths = ProjectPaths.discover()
+        import yaml  # noqa: PLC0415
+
+        tasks = list((yaml.safe_load(paths.params_file.read_text(encoding="utf-8")) or {}).get("tasks") or {})
+    except (PipelineError, OSError, ValueError):
+        return  # outside the project: the model loader reports what is missing
+    if tasks and task not in tasks:
+        raise PipelineError(
+            f"unknown task '{task}'", exit_code=ExitCode.USAGE,
+            hint=f"use --task with one of: {', '.join(tasks)} (params.yaml tasks), or give --model",
+        )  # fmt: skip
+
+
+def _tabular_formats() -> list[str]:
+    """Names of the tabular sources in configs/sources/ (the layouts --format accepts besides canonical)."""
+    import yaml  # noqa: PLC0415
+
+    from pipeline.paths import ProjectPaths  # noqa: PLC0415
+
+    try:
+        folder = ProjectPaths.discover().sources_dir
+    except PipelineError:
+        return []
+    names = []
+    for path in sorted(folder.glob("*.yaml")):
+        if path.stem == "canonical":
+            continue  # the scorer's default layout, listed first by the caller
+        try:
+            if (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("kind") == "tabular_export":
+                names.append(path.stem)
+        except (OSError, yaml.YAMLError):
+            continue  # a broken source file is reported when it is used
+    return names
+
+
+def _context(input_path: Path, *, model: str | None, task: str, input_format: str | None, **options: Any) -> Any:
+    """The scoring context, its layout checked against the file's header (only the header is read here).
+
+    Without --format: the layout whose columns the header holds, canonical first. A --format whose columns are
+    missing, or an unknown one, stops here with what is missing and the layouts that fit.
+    """
+    from pipeline import scoring  # noqa: PLC0415
+    from pipeline.paths import ProjectPaths  # noqa: PLC0415
+    from pipeline.scoring.context import configs_folder  # noqa: PLC0415
+    from pipeline.scoring.detect import choose_layout, read_header  # noqa: PLC0415
+    from pipeline.scoring.layout import CANONICAL_FORMAT, required_columns  # noqa: PLC0415
+    from pipeline.scoring.layout import input_format as layout_named  # noqa: PLC0415
+
+    _check_task(task, model)
+    try:
+        paths: Any = ProjectPaths.discover()
+    except PipelineError:
+        paths = None  # outside the project: only the canonical layout exists
+    names = [CANONICAL_FORMAT, *(_tabular_formats() if paths else [])]
+    if input_format is not None and input_format not in names:
+        raise PipelineError(
+            f"unknown input format '{input_format}'", exit_code=ExitCode.USAGE,
+            hint=f"use --format with one of: {', '.join(names)} (layouts in configs/sources/)",
+        )  # fmt: skip
+    common = {"model": model, "task": task, "source_file": input_path.name, **options}
+    ctx = scoring.build_context(input_format_name=input_format or CANONICAL_FORMAT, **common)
+    header = read_header(input_path)
+    if header is None:  # a folder, a glob or an unreadable file: the reader reports
+        return ctx
+    needed = ctx.bundle.feature_spec.input_columns
+    configs = configs_folder(paths)
+    required = {name: required_columns(layout_named(name, configs, paths, ctx.contract), needed) for name in names}
+    chosen = choose_layout(header, required, input_path, requested=input_format)
+    if chosen == (input_format or CANONICAL_FORMAT):
+        return ctx
+    typer.echo(f"input layout: --format {chosen} (its columns match configs/sources/{chosen}.yaml)", err=True)
+    return scoring.build_context(input_format_name=chosen, **common)
+
+
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="Input layout: 'canonical' (configs/cohort_schema.yaml names) or a tabular source in configs/sources/ "
+        "(e.g. synthetic). Default: the layout whose columns the file has, canonical first.",
+    ),
+]
+
+
 class Engine(StrEnum):
     LOCAL = "local"
     DASK = "dask"
@@ -204,9 +295,7 @@ def score(
     explain: Annotated[bool, typer.Option("--explain/--no-explain", help="Add the top drivers of each score.")] = False,
     top_k: Annotated[int, typer.Option(min=1, max=20, help="How many drivers with --explain.")] = 3,
     chunk_size: Annotated[int, typer.Option(min=1, help="Rows read and scored at a time (bounds memory).")] = 50_000,
-    input_format: Annotated[
-        str, typer.Option("--format", help="Input layout: 'canonical' or a tabular source in configs/sources/.")
-    ] = "canonical",
+    input_format: FormatOption = None,
     engine: Annotated[
         Engine, typer.Option(help="local: this process, one file. dask: one task per partition on a Dask cluster.")
     ] = Engine.LOCAL,
@@ -242,7 +331,7 @@ def score(
     use by another run).
     """
     _configure_logging(verbose)
-    from pipeline.score import build_context, progress_wanted, score_file  # noqa: PLC0415
+    from pipeline.scoring import progress_wanted, score_file  # noqa: PLC0415
 
     def action() -> None:
         if engine is Engine.LOCAL and (scheduler or workers):
@@ -252,13 +341,10 @@ def score(
                 "give --scheduler or --workers, not both", exit_code=ExitCode.USAGE,
                 hint="--workers sizes a local cluster; a remote cluster has its own workers",
             )  # fmt: skip
-        ctx = build_context(
-            model=model, task=task, input_format_name=input_format, source_file=input_path.name,
-            explain=explain, top_k=top_k,
-        )  # fmt: skip
+        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=explain, top_k=top_k)
         typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
         if engine is Engine.DASK:
-            from pipeline.score_dask import score_dataset  # noqa: PLC0415
+            from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
 
             dask_summary = score_dataset(
                 input_path, output, ctx, chunk_size=chunk_size, scheduler=scheduler, workers=workers,
@@ -283,9 +369,7 @@ def validate(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet file to check.")],
     task: Annotated[str, typer.Option(help="Prediction task whose model defines the needed columns.")] = "acute",
     model: Annotated[str | None, typer.Option(help="Model folder or registry URI (default: models/TASK).")] = None,
-    input_format: Annotated[
-        str, typer.Option("--format", help="'canonical' or a source in configs/sources/.")
-    ] = "canonical",
+    input_format: FormatOption = None,
     chunk_size: Annotated[int, typer.Option(min=100)] = 50_000,
     verbose: Verbose = False,
 ) -> None:
@@ -294,13 +378,10 @@ def validate(
     Exit codes: 0 every row valid; 5 some rows would be rejected; 2 usage; 3 unreadable input; 4 model problem.
     """
     _configure_logging(verbose)
-    from pipeline.score import build_context, validate_file  # noqa: PLC0415
+    from pipeline.scoring import validate_file  # noqa: PLC0415
 
     def action() -> None:
-        ctx = build_context(
-            model=model, task=task, input_format_name=input_format, source_file=input_path.name,
-            explain=False, top_k=1,
-        )  # fmt: skip
+        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=False, top_k=1)
         report = validate_file(input_path, ctx, chunk_size=chunk_size)
         typer.echo(f"{input_path}: {report.rows} rows, {report.valid} valid, {report.rejected} would be rejected")
         for reason, count in sorted(report.rejected_by_reason.items()):
@@ -312,6 +393,33 @@ def validate(
             typer.echo("missing values (scored as missing): " + ", ".join(f"{k} {v}" for k, v in missing.items()))
         if report.rejected:
             raise typer.Exit(int(ExitCode.ROWS_REJECTED))
+
+    run_guarded(action)
+
+
+@app.command()
+def features(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet file of patients.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Feature matrix, .csv or .parquet.")],
+    task: Annotated[str, typer.Option(help="Prediction task whose model defines the features.")] = "acute",
+    model: Annotated[str | None, typer.Option(help="Model folder or registry URI (default: models/TASK).")] = None,
+    input_format: FormatOption = None,
+    chunk_size: Annotated[int, typer.Option(min=100)] = 50_000,
+    verbose: Verbose = False,
+) -> None:
+    """Build the float64 feature matrix the MLflow pyfunc takes, through the scorer's own steps.
+
+    Then, e.g.: mlflow models predict -m models:/trd-acute@champion -i features.csv -t csv --env-manager local.
+    Rows are those `trd score` would score, in input order (rows it would reject are left out and counted);
+    columns are the model's features in its signature's order; no patient identifier is written.
+    Exit codes: 0 written; 2 usage; 3 unreadable input; 4 model problem; 7 output not writable.
+    """
+    _configure_logging(verbose)
+    from pipeline.scoring.feature_matrix import export_features  # noqa: PLC0415
+
+    def action() -> None:
+        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=False, top_k=1)
+        typer.echo(export_features(input_path, output, ctx, chunk_size=chunk_size).line(output), err=True)
 
     run_guarded(action)
 

@@ -178,6 +178,15 @@ class CohortContract(BaseModel):
         )
 
 
+# canonical.yaml is the scorer's default input layout, not a cohort (its rows are scoring input)
+SCORING_LAYOUT_NAME = "canonical"
+
+
+def cohort_source_names(folder: Path) -> list[str]:
+    """The cohorts configured in a configs/sources folder (one per <name>.yaml; the scoring layout is not one)."""
+    return sorted(p.stem for p in folder.glob("*.yaml") if p.stem != SCORING_LAYOUT_NAME)
+
+
 def load_contract(path: Path | None = None) -> CohortContract:
     """Read and check ``configs/cohort_schema.yaml``; a broken file is a ConfigError naming it."""
     if path is None:
@@ -210,7 +219,7 @@ def _with_derived_levels(raw: object, path: Path) -> object:
                 raise ConfigError(
                     f"column {column.get('name')}: levels_from sources, but {folder} is not a folder", file=path
                 )
-            derived = sorted(p.stem for p in folder.glob("*.yaml"))
+            derived = cohort_source_names(folder)
         elif origin == "scales":
             from pipeline.scales import load_scale_conversions  # noqa: PLC0415 (scales imports nothing from here)
 

@@ -556,18 +556,34 @@ def _check_outcome_columns(outcomes: ExternalOutcomes, cohort: pd.DataFrame) -> 
 
 
 def external_validation(
-    cohort: pd.DataFrame, champion: Bundle, params: EvaluateParams, seed: int
+    cohort: pd.DataFrame,
+    champion: Bundle,
+    params: EvaluateParams,
+    seed: int,
+    *,
+    name: str | None = None,
+    development: tuple[str, ...] = ("synthetic",),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Score the external cohort's patients with a known target; return (numbers for metrics.json, report)."""
+    """Score an external cohort's patients with a known target; return (numbers for metrics.json, report).
+
+    ``name`` defaults to ``evaluate.external.cohort``, the only one whose extra outcomes (continuous, negative
+    control) are configured; a development cohort is never its own external validation.
+    """
     ext = params.external
+    name = name or ext.cohort
     target = champion.feature_spec.target
-    rows = cohort[(cohort["cohort"].astype("string") == ext.cohort).fillna(False).to_numpy(dtype=bool)]
+    if name in development:
+        return {}, {"available": False, "reason": f"{name} is the development cohort of this model"}
+    rows = cohort[(cohort["cohort"].astype("string") == name).fillna(False).to_numpy(dtype=bool)]
     if rows.empty:
-        return {}, {"available": False, "reason": f"the clean cohort has no '{ext.cohort}' patients"}
+        return {}, {"available": False, "reason": f"the clean cohort has no '{name}' patients"}
     if target not in rows.columns or rows[target].notna().sum() == 0:
-        reason = f"{ext.cohort} does not record this task's target '{target}'"
+        reason = f"{name} does not record this task's target '{target}'"
         return {}, {"available": False, "reason": reason}
-    outcomes = ext.outcomes.get(target, ExternalOutcomes())
+    known_target = rows[target].notna().to_numpy()
+    if len(set(rows.loc[known_target, target].astype(bool))) < 2:
+        return {}, {"available": False, "reason": f"{name} has only one outcome class for '{target}'"}
+    outcomes = ext.outcomes.get(target, ExternalOutcomes()) if name == ext.cohort else ExternalOutcomes()
     _check_outcome_columns(outcomes, rows)
     level = params.confidence_level
 
@@ -623,7 +639,7 @@ def external_validation(
     candidate = champion.info.candidate
     report = {
         "available": True,
-        "cohort": ext.cohort,
+        "cohort": name,
         "target": target,
         "model": {"candidate": candidate, "calibration": champion.info.calibration},
         "n": numbers["n"],
@@ -643,7 +659,13 @@ def external_validation(
         },
         "metrics": numbers,
         "limitations": external_limitations(
-            numbers, cohort=ext.cohort, target=target, missing=entirely_missing, inputs=spec.input_columns, level=level
+            numbers,
+            cohort=name,
+            target=target,
+            missing=entirely_missing,
+            inputs=spec.input_columns,
+            level=level,
+            development=development,
         ),
     }
     return numbers, report
@@ -670,13 +692,20 @@ def _reading(lower: float, upper: float, null: float, *, below: str, inside: str
 
 
 def external_limitations(
-    numbers: dict[str, Any], *, cohort: str, target: str, missing: list[str], inputs: list[str], level: float
+    numbers: dict[str, Any],
+    *,
+    cohort: str,
+    target: str,
+    missing: list[str],
+    inputs: list[str],
+    level: float,
+    development: tuple[str, ...] = ("synthetic",),
 ) -> str:
     """Plain text: what the external numbers can and cannot support, worded from the intervals themselves."""
     n, events = numbers["n"], numbers["events"]
     small = events < EXTERNAL_VALIDATION_EVENTS
     parts = [
-        f"External check on {n} real patients with {events} responders ({cohort}; target {target}). "
+        f"External check on {n} patients with {events} responders ({cohort}; target {target}). "
         + (
             "This is a sanity check, not a validation study: external validation is usually planned with at least "
             f"about {EXTERNAL_VALIDATION_EVENTS} events, and no claim beyond the intervals below is supported."
@@ -718,8 +747,8 @@ def external_limitations(
     parts.append(
         f"Observed response rate {numbers['observed_rate']:.2f} "
         f"({_interval(numbers['observed_rate_lower'], numbers['observed_rate_upper'], level)}) against a mean "
-        f"predicted probability of {numbers['mean_predicted']:.2f}; a model developed on synthetic data is not "
-        "expected to be calibrated for a different population"
+        f"predicted probability of {numbers['mean_predicted']:.2f}; a model developed on "
+        f"{' + '.join(development)} data is not expected to be calibrated for a different population"
         + (", and the calibration slope from so few events is too imprecise to read." if small else ".")
     )
     control = numbers.get("negative_control", {})
@@ -819,9 +848,20 @@ def evaluate_task(
     params: EvaluateParams,
     seed: int,
     internal: dict[str, Any] | None = None,
+    development: tuple[str, ...] = ("synthetic",),
 ) -> Evaluation:
-    """Pure core of the stage: test-split performance, the oracle and the leakage check, subgroups, external."""
+    """Pure core of the stage: test-split performance, the oracle and the leakage check, subgroups, external
+    validation on every cohort other than the ``development`` cohort(s) that records the task's target.
+
+    An empty test split (split.json protocol ``small_cohort``) leaves internal and external validation only: the
+    test-split numbers are absent (n 0) and every table is written with its header alone.
+    """
     _check_models(task, champion, candidates)
+    if test.empty:
+        return _without_test_split(
+            task_name, task, champion=champion, candidates=candidates, cohort=cohort, params=params, seed=seed,
+            internal=internal, development=development,
+        )  # fmt: skip
     spec = champion.feature_spec
     features = build_features(test, spec)
     y = build_target(test, spec)
@@ -866,9 +906,8 @@ def evaluate_task(
     for name, numbers in reference_gaps.items():
         candidate_numbers[name] |= numbers
 
-    ext_numbers, ext_report = external_validation(cohort, champion, params, seed)
-    if ext_numbers:
-        result["external"] = ext_numbers
+    external_metrics, external_reports = external_parts(cohort, champion, params, seed, development=development)
+    result |= external_metrics
 
     calibration_curves = pd.concat(
         [
@@ -963,7 +1002,7 @@ def evaluate_task(
             "min_cell": params.subgroups.min_cell,
             "suppressed_rows": int(subgroups["suppressed"].sum()),
         },
-        "external_validation": ext_report,
+        **external_reports,
     }
     return Evaluation(
         task=task_name,
@@ -976,6 +1015,122 @@ def evaluate_task(
         decision_curves=decision_curves,
         champion_p=champion_p,
         y=y,
+    )
+
+
+def other_external_cohorts(
+    cohort: pd.DataFrame, champion: Bundle, params: EvaluateParams, seed: int, *, development: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """External validation on every cohort that is neither a development cohort nor ``evaluate.external.cohort``
+    (reported on its own) and records the task's target: transport of the model to each other clinic."""
+    names = sorted(set(cohort["cohort"].dropna().astype(str)) - set(development) - {params.external.cohort})
+    numbers, reports = {}, {}
+    for name in names:
+        found, report = external_validation(cohort, champion, params, seed, name=name, development=development)
+        if found:
+            numbers[name] = found
+        reports[name] = report
+    return numbers, reports
+
+
+def external_parts(
+    cohort: pd.DataFrame, champion: Bundle, params: EvaluateParams, seed: int, *, development: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """metrics.json's ``external`` (evaluate.external.cohort) and ``external_cohorts`` (every other cohort), and
+    evaluation.json's ``external_validation`` and ``external_cohorts``: each present only when there is one."""
+    numbers, report = external_validation(cohort, champion, params, seed, development=development)
+    other_numbers, other_reports = other_external_cohorts(cohort, champion, params, seed, development=development)
+    found = ({"external": numbers} if numbers else {}) | ({"external_cohorts": other_numbers} if other_numbers else {})
+    reports = {"external_validation": report} | ({"external_cohorts": other_reports} if other_reports else {})
+    return found, reports
+
+
+# metrics.subgroup_table's columns (the empty table of a model without a test split keeps them)
+SUBGROUP_COLUMNS = (
+    "group", "level", "n", "events", "event_rate", "mean_predicted", "auroc", "o_minus_e", "o_e_ratio",
+    "event_rate_ratio", "auroc_ratio", "suppressed", "suppression_reason",
+)  # fmt: skip
+NO_TEST_SPLIT = "no held-out test split (small-cohort protocol: every patient trained; see the internal validation)"
+
+
+def _schema(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:0]
+
+
+def _without_test_split(
+    task_name: str,
+    task: TaskSpec,
+    *,
+    champion: Bundle,
+    candidates: dict[str, Candidate],
+    cohort: pd.DataFrame,
+    params: EvaluateParams,
+    seed: int,
+    internal: dict[str, Any] | None,
+    development: tuple[str, ...],
+) -> Evaluation:
+    """The evaluation of a model developed under the small-cohort protocol: internal validation (copied from the
+    train stage) and external validation; every test-split table keeps its columns and has no rows."""
+    external_metrics, external_reports = external_parts(cohort, champion, params, seed, development=development)
+    result: dict[str, Any] = {"test": {"n": 0, "events": 0}}
+    if internal:
+        result["internal_validation"] = internal_numbers(internal)
+    result |= external_metrics
+    # the tables' columns, from the same functions on two made-up patients (no row of theirs is kept)
+    y2, p2 = np.array([0.0, 1.0]), np.array([0.25, 0.75])
+    curve = _schema(metrics.calibration_curve(y2, p2, n_bins=2, strategy="quantile"))
+    report = {
+        "task": task_name,
+        "target": task.target,
+        "champion": {
+            "candidate": champion.info.candidate,
+            "calibration": champion.info.calibration,
+            "estimator_sha256": champion.info.estimator_sha256,
+            "registered_model_name": champion.info.registered_model_name,
+        },
+        "candidates": {name: {"calibration": c.calibration, "sha256": c.sha256} for name, c in candidates.items()},
+        "test": {"n": 0, "events": 0, "available": False, "reason": NO_TEST_SPLIT},
+        "intervals": {
+            "level": params.confidence_level,
+            "bootstrap_repetitions": params.bootstrap_repetitions,
+            "seed": seed,
+            "internal_validation": "Harrell bootstrap optimism correction of the champion's fitting procedure on "
+            "every development patient; location-shifted percentile interval (Noma et al. 2021)",
+        },
+        "internal_validation": {
+            "available": bool(internal),
+            **({"method": internal.get("method"), "repetitions": internal.get("repetitions")} if internal else {}),
+        },
+        ORACLE_PREDICTORS: {"available": False, "column": None, "reason": NO_TEST_SPLIT},
+        "oracle": {
+            "available": False,
+            "column": None,
+            "reason": NO_TEST_SPLIT,
+            "leakage_check": {"passed": None, "reason": "no test split: leakage against a truth was not checked"},
+        },
+        "thresholds": list(params.thresholds),
+        "subgroups": {
+            "columns": list(params.subgroups.columns),
+            "age_bands": age_band_labels(params.subgroups.age_bands),
+            "min_cell": params.subgroups.min_cell,
+            "suppressed_rows": 0,
+        },
+        **external_reports,
+    }
+    return Evaluation(
+        task=task_name,
+        metrics=result,
+        report=report,
+        thresholds=_schema(metrics.threshold_table(y2, p2, list(params.thresholds))),
+        subgroups=pd.DataFrame(columns=list(SUBGROUP_COLUMNS)),
+        calibration_curves=curve.assign(model=pd.Series(dtype="string"))[["model", *curve.columns]],
+        curves={
+            "roc": {CHAMPION: _schema(roc_points(y2, p2))},
+            "precision_recall": {CHAMPION: _schema(precision_recall_points(y2, p2))},
+        },
+        decision_curves={CHAMPION: _schema(metrics.decision_curve(y2, p2, params.decision_curve.grid()))},
+        champion_p=np.empty(0),
+        y=np.empty(0),
     )
 
 
@@ -1018,7 +1173,7 @@ def plot_files(evaluation: Evaluation) -> dict[str, pd.DataFrame]:
     empty_pr = pd.DataFrame({"recall": [], "precision": []})
     calibration = evaluation.calibration_curves
     champion_calibration = calibration[calibration["model"] == CHAMPION].drop(columns="model")
-    prevalence = float(evaluation.y.mean())
+    prevalence = float(evaluation.y.mean()) if evaluation.y.size else math.nan
     return {
         "plots/roc/champion.csv": curves["roc"][CHAMPION],
         # the oracle file always exists (header only when unavailable) so the declared plot always renders
@@ -1039,10 +1194,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 
 def write_outputs(evaluation: Evaluation, folder: Path) -> None:
     """Write every output into ``folder``, replacing it as a whole (no partial folder on failure)."""
+    from pipeline.headline import evaluation_headline  # noqa: PLC0415
     from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
     with atomic_folder(folder) as staging:
         write_json(json_ready(evaluation.metrics), staging / "metrics.json")
+        # the few numbers dvc.yaml declares as DVC metrics (pipeline/headline.py)
+        write_json(evaluation_headline(evaluation.task, json_ready(evaluation.metrics)), staging / "headline.json")
         write_json(json_ready(evaluation.report), staging / "evaluation.json")
         _write_csv(evaluation.thresholds, staging / "thresholds.csv")
         _write_csv(evaluation.subgroups, staging / "subgroups.csv")
@@ -1055,6 +1213,12 @@ def write_outputs(evaluation: Evaluation, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # figures (matplotlib's object API with the Agg canvas: no pyplot state, no display needed)
 # --------------------------------------------------------------------------------------------------------------
+
+
+# one colour per series, the same in every figure: the champion red, the oracle black (dashed), treat-all blue,
+# the other candidates from the rest of the default cycle (never the champion's)
+CHAMPION_COLOUR = "C3"
+OTHER_COLOURS = ("C1", "C2", "C4", "C5", "C6", "C8", "C9")
 
 
 def _new_figure(width: float = 5.5, height: float = 5.0) -> Any:
@@ -1098,7 +1262,7 @@ def calibration_figure(evaluation: Evaluation) -> Any:
     top.errorbar(
         curve["mean_predicted"], curve["observed"],
         yerr=[curve["observed"] - curve["ci_lower"], curve["ci_upper"] - curve["observed"]],
-        fmt="o-", capsize=3, label="champion (95 % Wilson CI per bin)",
+        fmt="o-", color=CHAMPION_COLOUR, capsize=3, label="champion (95 % Wilson CI per bin)",
     )  # fmt: skip
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed response rate", title=_title(evaluation))
     top.text(
@@ -1123,18 +1287,18 @@ def roc_figure(evaluation: Evaluation) -> Any:
     figure = _new_figure()
     axes = figure.subplots()
     axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="chance")
-    for name, points in evaluation.curves["roc"].items():
-        if name in (CHAMPION, ORACLE, champion):  # the champion's own candidate would duplicate its curve
-            continue
+    others = [n for n in evaluation.curves["roc"] if n not in (CHAMPION, ORACLE, champion)]  # champion: no duplicate
+    for name, colour in zip(others, OTHER_COLOURS, strict=False):
+        points = evaluation.curves["roc"][name]
         label = f"{name}: {_ci_label(test['candidates'][name], 'auroc')}"
-        axes.plot(points["fpr"], points["tpr"], linewidth=0.8, alpha=0.6, label=label)
+        axes.plot(points["fpr"], points["tpr"], color=colour, linewidth=0.8, alpha=0.6, label=label)
     if oracle is not None:
         points = evaluation.curves["roc"][ORACLE]
         label = f"generating probability (oracle; knows the site): {_ci_label(oracle, 'auroc')}"
         axes.plot(points["fpr"], points["tpr"], color="black", linestyle="--", label=label)
     points = evaluation.curves["roc"][CHAMPION]
     label = f"champion ({champion}): {_ci_label(test, 'auroc')}"
-    axes.plot(points["fpr"], points["tpr"], color="C3", linewidth=2, label=label)
+    axes.plot(points["fpr"], points["tpr"], color=CHAMPION_COLOUR, linewidth=2, label=label)
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel="1 − specificity", ylabel="sensitivity", title=_title(evaluation))
     axes.legend(loc="lower right", fontsize=7, title="AUROC [95 % CI]", title_fontsize=7)
     return figure
@@ -1154,7 +1318,7 @@ def precision_recall_figure(evaluation: Evaluation) -> Any:
         axes.plot(points["recall"], points["precision"], color="black", linestyle="--", label=label)
     points = evaluation.curves["precision_recall"][CHAMPION]
     label = f"champion ({champion}): {_ci_label(test, 'auprc')}"
-    axes.plot(points["recall"], points["precision"], color="C3", linewidth=2, label=label)
+    axes.plot(points["recall"], points["precision"], color=CHAMPION_COLOUR, linewidth=2, label=label)
     axes.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall (sensitivity)", ylabel="precision (PPV)")
     axes.set_title(_title(evaluation))
     axes.legend(loc="upper right", fontsize=7, title="AUPRC [95 % CI]", title_fontsize=7)
@@ -1173,7 +1337,13 @@ def decision_curve_figure(evaluation: Evaluation) -> Any:
         oracle_curve = evaluation.decision_curves[ORACLE]
         axes.plot(oracle_curve["threshold"], oracle_curve["net_benefit_model"], color="black", linestyle="--",
                   label="oracle")  # fmt: skip
-    axes.plot(curve["threshold"], curve["net_benefit_model"], color="C3", linewidth=2, label=f"champion ({champion})")
+    axes.plot(
+        curve["threshold"],
+        curve["net_benefit_model"],
+        color=CHAMPION_COLOUR,
+        linewidth=2,
+        label=f"champion ({champion})",
+    )
     prevalence = float(evaluation.y.mean())
     axes.set(
         ylim=(-0.05, max(prevalence, 0.05) * 1.1),
@@ -1194,6 +1364,9 @@ FIGURES = {
 
 
 def write_figures(evaluation: Evaluation, folder: Path) -> None:
+    if evaluation.y.size == 0:  # no test split: nothing to draw (the card says so)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        return
     for name, draw in FIGURES.items():
         _save(draw(evaluation), Path(folder) / name)
 
@@ -1251,7 +1424,9 @@ def main(task_name: str) -> None:
     truth = read_parquet(truth_path, "synthetic ground truth") if truth_path.is_file() else None
     cohort = contract.coerce(read_parquet(paths.interim_dir / "cohort.parquet", "clean cohort"))
     cv_path = paths.reports_dir / task_name / "cv_metrics.json"
-    internal = json.loads(cv_path.read_text(encoding="utf-8")).get("internal_validation") if cv_path.is_file() else None
+    cv = json.loads(cv_path.read_text(encoding="utf-8")) if cv_path.is_file() else {}
+    internal = cv.get("internal_validation")
+    development = tuple(cv.get("protocol", {}).get("development_cohorts") or ("synthetic",))
 
     evaluation = evaluate_task(
         task_name,
@@ -1264,12 +1439,18 @@ def main(task_name: str) -> None:
         params=params,
         seed=seed,
         internal=internal,
+        development=development,
     )
     folder = paths.reports_dir / task_name / OUTPUT_FOLDER
     write_outputs(evaluation, folder)
     headline = evaluation.metrics["test"]
-    log.info(
-        "%s: test AUROC %s, calibration slope %s; written to %s", task_name, _ci_label(headline, "auroc"),
-        _ci_label(headline, "calibration_slope"), folder.relative_to(paths.root),
-    )  # fmt: skip
-    log_to_mlflow(task_name, paths.root, folder, json_ready(evaluation.metrics), champion.info.estimator_sha256)
+    if headline["n"]:
+        log.info(
+            "%s: test AUROC %s, calibration slope %s; written to %s", task_name, _ci_label(headline, "auroc"),
+            _ci_label(headline, "calibration_slope"), folder.relative_to(paths.root),
+        )  # fmt: skip
+    else:
+        log.info("%s: %s; written to %s", task_name, NO_TEST_SPLIT, folder.relative_to(paths.root))
+    # the model's own registry entry (trd-<task>, or trd-<task>-<cohort> for another development cohort)
+    registered = champion.info.registered_model_name.removeprefix("trd-")
+    log_to_mlflow(registered, paths.root, folder, json_ready(evaluation.metrics), champion.info.estimator_sha256)

@@ -243,11 +243,9 @@ def planted_reference(
                 file=file,
                 hint="re-create the synthetic cohort and its truth (dvc repro synthesize)",
             )
-        return PlantedReference(None, "fidelity unavailable: the test patients are not synthetic, so no truth is known")
+        return PlantedReference(None, no_truth_sentence(test))
     if not synthetic.all():
-        return PlantedReference(
-            None, f"fidelity unavailable: {int((~synthetic).sum())} test patients are not synthetic (no known truth)"
-        )
+        return PlantedReference(None, no_truth_sentence(test))
     parsed = parse_planted_truth(effects, outcome, file=file)
     if isinstance(parsed, str):
         return PlantedReference(None, f"fidelity unavailable: {parsed}")
@@ -256,6 +254,17 @@ def planted_reference(
     )
     true_values = true_values_of(contributions, test, outcome, file=file) if has_columns else None
     return PlantedReference(parsed, true_values=true_values)
+
+
+def no_truth_sentence(rows: pd.DataFrame) -> str:
+    """Why fidelity is dropped for patients outside the synthetic cohort, naming their cohort(s)."""
+    cohorts = rows["cohort"].astype("string").fillna("unknown")
+    others = sorted(set(cohorts[cohorts != SYNTHETIC_COHORT]))
+    return (
+        f"fidelity unavailable: {int((cohorts != SYNTHETIC_COHORT).sum())} of the {len(rows)} explained patients "
+        f"come from {', '.join(others)}, which has no synthetic truth (no planted effects to compare with); the "
+        "SHAP summaries show what the model relies on, not whether that is the true effect"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -768,8 +777,12 @@ def explain_task(
     reference: PlantedReference,
     params: ExplainParams,
     seed: int,
+    explained_split: str = "test",
 ) -> Explanation:
-    """Pure core of the stage: explain every test row, check additivity and fidelity, pick what is drawn."""
+    """Pure core of the stage: explain every test row, check additivity and fidelity, pick what is drawn.
+
+    ``explained_split`` is ``train`` when there is no test split (small-cohort protocol): the development patients
+    are explained (SHAP describes the model; it measures no performance)."""
     spec = champion.feature_spec
     if spec.target != task.target:
         raise ModelError(
@@ -778,7 +791,7 @@ def explain_task(
             hint="retrain the task (dvc repro train)",
         )
     if test.empty:
-        raise PipelineError("the test split is empty: nothing to explain", hint="check the split stage's output")
+        raise PipelineError(f"the {explained_split} split is empty: nothing to explain", hint="check the split stage")
     exclude = tuple(params.fidelity_exclude.get(task_name, ()))
     unknown = sorted(set(exclude) - set(spec.input_columns))
     if unknown:
@@ -839,10 +852,11 @@ def explain_task(
             "explained": len(test),
             "in_beeswarm_and_dependence_plots": len(sample),
             "examples": examples.tolist(),  # one per band of predicted probability, lowest band first
-            "row_numbers": f"0-based positions in data/processed/{task_name}/test.parquet; "
+            "split": explained_split,
+            "row_numbers": f"0-based positions in data/processed/{task_name}/{explained_split}.parquet; "
             f"data/explanations/{task_name}/{PER_PATIENT_FILE} maps them to patients",
         },
-        "global_importance": "mean |SHAP value| over every test row (importance.csv)",
+        "global_importance": f"mean |SHAP value| over every {explained_split} row (importance.csv)",
         "dependence_plots": dependence,
         "fidelity": fidelity.report if fidelity is not None else {"available": False, "reason": reference.reason},
         "per_patient_values": f"{PER_PATIENT_FOLDER.as_posix()}/{task_name}/{PER_PATIENT_FILE} (with patient_id; "
@@ -1153,10 +1167,13 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
 def write_reports(result: Explanation, folder: Path) -> None:
     """The identifier-free outputs: fidelity.json, explanation.json, tables and figures."""
     from pipeline.evaluate import json_ready  # noqa: PLC0415
+    from pipeline.headline import explain_headline  # noqa: PLC0415
     from pipeline.io import atomic_folder, write_json  # noqa: PLC0415
 
     with atomic_folder(folder) as staging:
         write_json(json_ready(result.metrics), staging / "fidelity.json")
+        # the DVC metric of this stage (pipeline/headline.py)
+        write_json(explain_headline(result.task, json_ready(result.metrics)), staging / "headline.json")
         write_json(json_ready(result.report), staging / "explanation.json")
         _write_csv(result.importance, staging / "importance.csv")
         if result.fidelity is not None:
@@ -1227,6 +1244,10 @@ def main(task_name: str) -> None:
     contract = load_contract(paths.cohort_schema)
 
     test = contract.coerce(read_parquet(paths.processed_dir / task_name / "test.parquet", "test split"))
+    explained_split = "test"
+    if test.empty:  # small-cohort protocol: no test split; the model is explained on its development patients
+        explained_split = "train"
+        test = contract.coerce(read_parquet(paths.processed_dir / task_name / "train.parquet", "training split"))
     champion = load_bundle(paths.models_dir / task_name)
     planted_path = paths.synthetic_dir / PLANTED_EFFECTS_FILE
     contributions_path = paths.synthetic_dir / TRUE_CONTRIBUTIONS_FILE
@@ -1235,7 +1256,10 @@ def main(task_name: str) -> None:
         read_planted_effects(planted_path), test, task.target, file=planted_path, contributions=contributions
     )
 
-    result = explain_task(task_name, task, test, champion=champion, reference=reference, params=params, seed=seed)
+    result = explain_task(
+        task_name, task, test, champion=champion, reference=reference, params=params, seed=seed,
+        explained_split=explained_split,
+    )  # fmt: skip
     folder = paths.reports_dir / task_name / OUTPUT_FOLDER
     write_reports(result, folder)
     write_per_patient(result, paths.root / PER_PATIENT_FOLDER / task_name)
@@ -1251,4 +1275,5 @@ def main(task_name: str) -> None:
         )  # fmt: skip
     from pipeline.evaluate import json_ready  # noqa: PLC0415
 
-    log_to_mlflow(task_name, paths.root, folder, json_ready(result.metrics), champion.info.estimator_sha256)
+    registered = champion.info.registered_model_name.removeprefix("trd-")  # trd-<task>[-<cohort>]
+    log_to_mlflow(registered, paths.root, folder, json_ready(result.metrics), champion.info.estimator_sha256)

@@ -12,6 +12,8 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from pipeline.features import FeatureSpec
@@ -27,7 +29,20 @@ class ResponseModel(PythonModel):
         self.estimator = load_estimator(Path(context.artifacts["estimator"]), info.estimator_sha256)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        features = pd.DataFrame(model_input)[self.feature_spec.feature_names].astype("float64")
+        frame = pd.DataFrame(model_input)
+        names = self.feature_spec.feature_names
+        missing = [name for name in names if name not in frame.columns]
+        if missing:
+            # the signature marks every column optional (a value may be missing), so MLflow lets a missing column
+            # through; a column is still required, empty or not. INVALID_PARAMETER_VALUE: a 400 from a server.
+            raise MlflowException(
+                f"the input lacks {len(missing)} of the model's {len(names)} feature column(s): "
+                f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}. The pyfunc takes the float64 feature "
+                "matrix (one-hot columns such as route=iv_racemic), not the clinic export: build it with "
+                "`trd features INPUT -o features.csv` (a column may be empty where values are missing).",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        features = frame[names].astype("float64")
         return pd.DataFrame({OUTPUT_COLUMN: predict_proba(self.estimator, features)}, index=features.index)
 
 

@@ -4,6 +4,15 @@ The tracking URI is ``$MLFLOW_TRACKING_URI`` when set (a team server), otherwise
 ``<repo root>/mlflow.db`` with artifacts in ``<repo root>/mlruns``. Inside DVC the repo root comes from
 ``DVC_ROOT``, so ``dvc exp run --temp/--queue`` experiments (which run in a copy of the repo) log to the same
 store as the workspace (docs/engineering.md §2).
+
+MLflow records absolute artifact locations in the SQLite store. A project folder that was moved or copied (with
+its mlflow.db and mlruns/) therefore still points at the old folder; :func:`relocate_store` rewrites those
+locations to this root's mlruns/, and every command that opens the embedded store runs it first.
+
+Tags (the names in the MLflow UI and in ``mlflow.search_runs`` as ``tags.<name>``): every run, parent and nested
+candidate alike, carries ``git_sha`` and, inside DVC, ``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV`` and
+``DVC_STAGE`` (DVC's own variable names). Experiments carry ``mlflow.experimentKind`` so the UI opens the
+model-training view rather than the GenAI one.
 """
 
 from __future__ import annotations
@@ -18,6 +27,18 @@ log = logging.getLogger(__name__)
 
 DVC_TAGS = ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE")
 CHAMPION_ALIAS = "champion"
+# the experiment tag MLflow 3's UI reads to choose its view; this value opens runs, metrics and models
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ARTIFACTS_FOLDER = "mlruns"
+# SQLite columns that hold artifact locations (MLflow 3 schema)
+LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+)
 
 
 def store_root(project_root: Path) -> Path:
@@ -29,11 +50,60 @@ def tracking_uri(project_root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(project_root) / 'mlflow.db'}"
 
 
+def _old_artifact_roots(locations: list[str], artifacts: Path) -> set[str]:
+    """The ``.../mlruns`` prefixes (path or file URI) of recorded locations that are not under ``artifacts``."""
+    current = {str(artifacts), artifacts.as_uri()}
+    roots = set()
+    for location in locations:
+        head, sep, _ = location.partition(f"/{ARTIFACTS_FOLDER}")
+        root = head + sep
+        if sep and root not in current:
+            roots.add(root)
+    return roots
+
+
+def relocate_store(db: Path, artifacts: Path) -> dict[str, str]:
+    """Rewrite artifact locations recorded under another folder's mlruns/ so they point into ``artifacts``.
+
+    For a project folder moved or copied with its store: returns {old prefix: new prefix} (empty when nothing
+    pointed elsewhere, when ``artifacts`` does not exist, or when the store has no MLflow tables yet).
+    """
+    import sqlite3  # noqa: PLC0415
+
+    artifacts = Path(artifacts).resolve()
+    if not Path(db).is_file() or not artifacts.is_dir():
+        return {}
+    with sqlite3.connect(db) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        columns = [(t, c) for t, c in LOCATION_COLUMNS if t in tables]
+        if ("experiments", "artifact_location") not in columns:
+            return {}
+        locations = [row[0] for row in con.execute("SELECT artifact_location FROM experiments") if row[0]]
+        moves = {}
+        for old in _old_artifact_roots(locations, artifacts):
+            new = artifacts.as_uri() if old.startswith("file:") else str(artifacts)
+            moves[old] = new
+            for table, column in columns:
+                con.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",  # noqa: S608 (names from LOCATION_COLUMNS)
+                    (new, len(old) + 1, len(old), old),
+                )
+    for old, new in moves.items():
+        log.warning("MLflow store moved: artifact locations under %s now point to %s", old, new)
+    return moves
+
+
 def use_store(project_root: Path) -> str:
-    """Point MLflow's tracking and registry at the project's store (or $MLFLOW_TRACKING_URI)."""
+    """Point MLflow's tracking and registry at the project's store (or $MLFLOW_TRACKING_URI).
+
+    The embedded store is relocated first if it was moved or copied from another folder (:func:`relocate_store`).
+    """
     import mlflow  # noqa: PLC0415
 
     uri = tracking_uri(project_root)
+    db = store_root(project_root) / "mlflow.db"
+    if uri == f"sqlite:///{db}":  # the embedded store only, never a server's
+        relocate_store(db, store_root(project_root) / ARTIFACTS_FOLDER)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -53,7 +123,8 @@ def registry_version(model_uri: str) -> str:
 
 
 def configure(project_root: Path, experiment: str) -> str:
-    """Point MLflow at the store and make sure ``experiment`` exists with artifacts under the store root."""
+    """Point MLflow at the store and make sure ``experiment`` exists, with artifacts under the store root and
+    its kind set to model development (also on experiments created before the kind was set)."""
     import mlflow  # noqa: PLC0415
 
     uri = use_store(project_root)
@@ -62,9 +133,15 @@ def configure(project_root: Path, experiment: str) -> str:
         artifact_location = None
         if uri.startswith("sqlite:"):
             # without this, artifacts land in ./mlruns of the working directory (a temp copy under dvc exp)
-            artifact_location = (store_root(project_root) / "mlruns").as_uri()
-        mlflow.create_experiment(experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(experiment)
+            artifact_location = (store_root(project_root) / ARTIFACTS_FOLDER).as_uri()
+        experiment_id = mlflow.create_experiment(
+            experiment, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
+    else:
+        experiment_id = existing.experiment_id
+        if existing.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    mlflow.set_experiment(experiment_id=experiment_id)
     return uri
 
 
@@ -75,6 +152,36 @@ def find_model_version(registered_name: str, estimator_sha256: str, *, with_run:
     versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
     matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and (v.run_id or not with_run)]
     return max(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def model_descriptions(trained: Any, task_description: str) -> tuple[str, str]:
+    """(registered model, version) descriptions from a TrainedTask: what it predicts, how to call it, what won.
+
+    Aggregate facts only (no data, no identifiers).
+    """
+    auroc, slope = (trained.champion.cv.get(key, float("nan")) for key in ("cv_auroc", "cv_calibration_slope"))
+    model = (
+        f"Task {trained.task}: {task_description} Target: {trained.target}. MLflow pyfunc: the float64 feature "
+        "matrix in (`trd features INPUT -o features.csv` builds it from a clinic export), p_response out; "
+        f"`trd score` scores clinic exports directly. The `{CHAMPION_ALIAS}` alias moves only through the gate "
+        "(params.yaml train.gate)."
+    )
+    version = (
+        f"Champion {trained.champion.name} (calibration {trained.champion.calibration}): CV AUROC "
+        f"{auroc:.3f}, CV calibration slope {slope:.2f}."
+        f" The model card is reports/{trained.task}/model_card.md at the commit in the run's tag git_sha."
+    )
+    return model, version
+
+
+def describe_model(name: str, version: str, trained: Any, task_description: str) -> None:
+    """Set the registered model's and this version's descriptions (shown in the registry UI)."""
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    model, version_text = model_descriptions(trained, task_description)
+    client = MlflowClient()
+    client.update_registered_model(name, description=model)
+    client.update_model_version(name, version, description=version_text)
 
 
 def find_training_run(registered_name: str, estimator_sha256: str) -> str | None:
@@ -121,11 +228,11 @@ def git_sha(project_root: Path) -> str:
 
 
 def run_tags(project_root: Path) -> dict[str, str]:
-    """Tags that tie a run to its code and its DVC experiment."""
+    """Tags that tie a run (parent or nested) to its code and its DVC experiment, under DVC's variable names."""
     tags = {"git_sha": git_sha(project_root)}
     for key in DVC_TAGS:
         if os.environ.get(key):
-            tags[key.lower()] = os.environ[key]
+            tags[key] = os.environ[key]
     return tags
 
 

@@ -44,8 +44,17 @@ from pipeline import metrics
 from pipeline.calibration import PROB_EPS, CalibratedModel, CalibrationName, calibrate, out_of_fold
 from pipeline.calibration import folds as calibration_folds
 from pipeline.design import SplineDesign
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ExitCode, PipelineError
 from pipeline.params import Frozen
+from pipeline.protocol import (
+    DEFAULT_COHORT,
+    SMALL_COHORT_PROTOCOL,
+    SampleSizeParams,
+    adapt_folds,
+    registered_model_name,
+    sample_size_gate,
+    small_cohort_selection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +117,10 @@ class TrainParams(Frozen):
     n_jobs: int = Field(ge=1, le=64)
     candidates: dict[CandidateName, CandidateParams] = Field(min_length=1)
     internal_validation: InternalValidationParams
+    sample_size: SampleSizeParams = Field(default_factory=SampleSizeParams)
+    # a cross-validation fold with fewer events (or non-events) than this gives no usable calibration or AUROC:
+    # a small cohort gets fewer folds, down to 2, and is refused below that
+    min_fold_events: int = Field(default=3, ge=1, le=50)
     gate: GateParams
     risk_bands: list[RiskBandParams] = Field(min_length=1)
 
@@ -495,23 +508,60 @@ class TrainedTask:
     events_train: int
     selection: dict[str, Any] = field(default_factory=dict)  # selection_table: the rule, margins, SEs
     internal: dict[str, Any] = field(default_factory=dict)  # internal_validation of the champion
+    protocol: dict[str, Any] = field(default_factory=dict)  # folds used, small-cohort rule, sample-size check
 
 
 def train_task(
-    task_name: str, target: str, X: pd.DataFrame, y: np.ndarray, *, params: TrainParams, seed: int
+    task_name: str,
+    target: str,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    params: TrainParams,
+    seed: int,
+    small_cohort: bool = False,
 ) -> TrainedTask:
-    """Pure core of the stage: every candidate by CV, the champion, and its final fit."""
+    """Pure core of the stage: every candidate by CV, the champion, and its final fit.
+
+    Folds adapt to the smaller outcome class (:func:`adapt_folds`); ``small_cohort`` (no held-out test split,
+    split.json's protocol) prefers logistic regression (:func:`small_cohort_selection`).
+    """
     for name, candidate in params.candidates.items():
         check_grid(name, candidate.grid, seed)
+    folds = adapt_folds(y, params)
+    if folds < params.cv_folds:
+        log.warning("%s: %d cross-validation folds instead of %d (train.min_fold_events)", task_name, folds,
+                    params.cv_folds)  # fmt: skip
+    declared_folds = params.cv_folds
+    update: dict[str, Any] = {"cv_folds": folds}
+    if small_cohort:
+        update["selection"] = small_cohort_selection(params.selection)
+    params = params.model_copy(update=update)
     results = []
+    failed: dict[str, str] = {}
     for name, candidate in params.candidates.items():
-        result = evaluate_candidate(name, candidate, params, X, y, seed=seed)
+        try:
+            result = evaluate_candidate(name, candidate, params, X, y, seed=seed)
+        except ValueError as exc:
+            # e.g. hist_gb cannot bin a column that is constant or empty in a fold of a small cohort: the candidate
+            # leaves the race (recorded in cv_metrics.json), the others go on
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            failed[name] = lines[-1][:300] if lines else type(exc).__name__  # sklearn's last line is the cause
+            log.warning("%s/%s: cannot be fitted on this cohort, left out of the selection: %s", task_name, name,
+                        failed[name])  # fmt: skip
+            continue
         log.info(
             "%s/%s: CV AUROC %.3f [%.3f, %.3f], log loss %.4f, calibration %s (%.1f s)",
             task_name, name, result.cv["cv_auroc"], result.cv["cv_auroc_lower"], result.cv["cv_auroc_upper"],
             result.cv["cv_log_loss"], result.calibration, result.seconds,
         )  # fmt: skip
         results.append(result)
+    if not results:
+        raise PipelineError(
+            f"no candidate could be fitted on {len(y)} patients: {failed}",
+            hint="add patients or pool cohorts (split.training_cohort takes a list)",
+            exit_code=ExitCode.CONFIG,
+        )
     selection = selection_table(results, y, params.selection)
     champion = next(r for r in results if r.name == selection["champion"])
     log.info(
@@ -538,6 +588,13 @@ def train_task(
         events_train=int(y.sum()),
         selection=selection,
         internal=internal,
+        protocol={
+            "cv_folds": folds,
+            "cv_folds_declared": declared_folds,
+            "small_cohort": small_cohort,
+            "selection_rule": selection_rule_text(params.selection),
+            "candidates_failed": failed,
+        },
     )
 
 
@@ -561,6 +618,7 @@ def cv_report(trained: TrainedTask, params: TrainParams) -> dict[str, Any]:
         },
         # the champion's procedure validated on all the training data (evaluate puts it beside the test split)
         "internal_validation": {k: v for k, v in trained.internal.items() if k != "seconds"},
+        "protocol": trained.protocol,
     }
 
 
@@ -589,6 +647,8 @@ class TrainingInputs:
     train_path: Path
     X: pd.DataFrame
     y: np.ndarray
+    cohorts: tuple[str, ...] = (DEFAULT_COHORT,)  # development cohort(s), from the rows themselves
+    small_cohort: bool = False  # split.json: no held-out test split
 
 
 def load_training_inputs(task_name: str, paths: Any) -> TrainingInputs:
@@ -607,9 +667,13 @@ def load_training_inputs(task_name: str, paths: Any) -> TrainingInputs:
     spec = FeatureSpec.from_columns(task_name, task.target, task_predictors(task, contract, task_name))
     train_path = paths.processed_dir / task_name / "train.parquet"
     cohort = contract.coerce(read_parquet(train_path, "training split"))
+    split_file = train_path.parent / "split.json"
+    protocol = json.loads(split_file.read_text(encoding="utf-8")).get("protocol") if split_file.is_file() else None
+    cohorts = tuple(sorted(cohort["cohort"].dropna().astype(str).unique())) or (DEFAULT_COHORT,)
     return TrainingInputs(
-        task, params, seed, spec, train_path, build_features(cohort, spec), build_target(cohort, spec)
-    )
+        task, params, seed, spec, train_path, build_features(cohort, spec), build_target(cohort, spec),
+        cohorts=cohorts, small_cohort=protocol == SMALL_COHORT_PROTOCOL,
+    )  # fmt: skip
 
 
 def main(task_name: str) -> None:
@@ -623,7 +687,18 @@ def main(task_name: str) -> None:
     inputs = load_training_inputs(task_name, paths)
     params, X, y = inputs.params, inputs.X, inputs.y
     log.info("%s: %d training patients, %d responders, %d features", task_name, len(y), y.sum(), X.shape[1])
-    trained = train_task(task_name, inputs.task.target, X, y, params=params, seed=inputs.seed)
+    registered_name = registered_model_name(task_name, inputs.cohorts)
+    # before any fitting: the Riley minimum for this many candidate parameters (exit 6 below it, unless overridden)
+    check = sample_size_gate(y, X.shape[1], params.sample_size, task=task_name, cohort="+".join(inputs.cohorts))
+    trained = train_task(
+        task_name, inputs.task.target, X, y, params=params, seed=inputs.seed, small_cohort=inputs.small_cohort
+    )
+    trained.protocol |= {
+        "development_cohorts": list(inputs.cohorts),
+        "registered_model_name": registered_name,
+        "sample_size": check.as_dict() | {"override": params.sample_size.override},
+        "underpowered": not check.passed,
+    }
 
     info_fields = {
         "task": task_name,
@@ -633,7 +708,7 @@ def main(task_name: str) -> None:
         "risk_bands": [b.model_dump() for b in params.risk_bands],
         "training_data_sha256": sha256_file(inputs.train_path),
         "n_train": trained.n_train,
-        "registered_model_name": f"trd-{task_name}",
+        "registered_model_name": registered_name,
         "package_version": __version__,
         # applicability, stored so that the scorer needs no params.yaml: the task's minimum data for a score
         # (checked against its predictors when the inputs were loaded) and the training split's numeric ranges
@@ -651,7 +726,10 @@ def main(task_name: str) -> None:
     )
     write_json(cv_report(trained, params), paths.reports_dir / task_name / "cv_metrics.json")
     save_candidates(trained, paths.models_dir / "candidates" / task_name)
-    log_to_mlflow(trained, params, paths.root, model_dir, features=X, train_path=inputs.train_path, seed=inputs.seed)
+    log_to_mlflow(
+        trained, params, paths.root, model_dir, features=X, train_path=inputs.train_path, seed=inputs.seed,
+        description=inputs.task.description,
+    )  # fmt: skip
 
 
 def log_to_mlflow(
@@ -663,6 +741,7 @@ def log_to_mlflow(
     features: pd.DataFrame,
     train_path: Any,
     seed: int,
+    description: str = "",
 ) -> dict[str, Any]:
     """One run per task, a nested run per candidate; the saved model logged once, registered, gated."""
     import mlflow  # noqa: PLC0415
@@ -671,11 +750,13 @@ def log_to_mlflow(
     from pipeline import tracking  # noqa: PLC0415
     from pipeline.model import ESTIMATOR_FILE, MANIFEST_FILE, log_saved_model, sha256_file  # noqa: PLC0415
 
-    name = f"trd-{trained.task}"
+    name = trained.protocol.get("registered_model_name") or f"trd-{trained.task}"
     tracking.configure(root, name)
     reasons = tracking.gate_decision(
         trained.champion.cv, params.gate.min_cv_auroc_lower, tuple(params.gate.calibration_slope)
     )
+    if trained.protocol.get("underpowered"):  # trained only because of the override: never the champion
+        reasons.append("below the Riley minimum sample size (trained with train.sample_size.override)")
     with mlflow.start_run(run_name=f"train-{trained.task}", tags={**tracking.run_tags(root), "task": trained.task}):
         mlflow.log_params(
             {
@@ -698,7 +779,9 @@ def log_to_mlflow(
             mlflow.set_tag(f"dvc_md5.{path}", digest)
         rows = trained.selection.get("candidates", {})
         for result in trained.results:
-            with mlflow.start_run(run_name=result.name, nested=True, tags={"candidate": result.name}):
+            with mlflow.start_run(
+                run_name=result.name, nested=True, tags={**tracking.run_tags(root), "candidate": result.name}
+            ):
                 mlflow.log_params({f"hp.{k}": v for k, v in result.best_params.items()})
                 mlflow.log_param("calibration", result.calibration)
                 mlflow.log_metrics({**result.cv, "fit_seconds": result.seconds})
@@ -709,6 +792,17 @@ def log_to_mlflow(
                 mlflow.log_metrics({f"selection.{k}": v for k, v in numbers.items() if math.isfinite(v)})
                 mlflow.set_tag("selection_eligible", str(rows.get(result.name, {}).get("eligible")))
         mlflow.log_metrics({f"champion.{k}": v for k, v in trained.champion.cv.items()})
+        mlflow.set_tags(
+            {
+                "development_cohorts": ",".join(trained.protocol.get("development_cohorts", [])),
+                "small_cohort_protocol": str(trained.protocol.get("small_cohort", False)),
+                "underpowered": str(trained.protocol.get("underpowered", False)),
+            }
+        )
+        sizes = trained.protocol.get("sample_size", {})
+        mlflow.log_metrics(
+            {f"sample_size.{k}": float(v) for k, v in sizes.items() if isinstance(v, int | float) and v is not None}
+        )
         mlflow.set_tag("champion", trained.champion.name)
         # the declared rule and how close the race was: a reviewer sees whether the champion won by noise
         mlflow.set_tags(
@@ -738,6 +832,7 @@ def log_to_mlflow(
         mlflow.set_tag("model_manifest_sha256", manifest_sha256)
         MlflowClient().set_model_version_tag(name, version, "model_manifest_sha256", manifest_sha256)
         decision = tracking.promote_if_gated(name, version, reasons)
+        tracking.describe_model(name, version, trained, description)
         mlflow.set_tags(
             {
                 "gate_passed": str(decision["gate_passed"]),

@@ -35,6 +35,8 @@ SMALL = {
     ("train", "candidates", "xgboost", "search_iterations"): 2,
     ("train", "candidates", "hist_gb", "search_iterations"): 2,
     ("evaluate", "bootstrap_repetitions"): 200,
+    # ~960 training patients meet the Riley minimum (sample-size gate) for 23-27 parameters at a declared C of 0.8
+    ("train", "sample_size", "anticipated_c"): 0.8,
 }
 
 
@@ -200,8 +202,10 @@ def test_every_model_card_agrees_with_the_files_it_cites(repo) -> None:
         result = check_card_data(card, root)
         assert result["checked"] > 300, task
         kinds = {source.split(":")[0].split(",")[0] for source in result["unsourced"]}
-        assert kinds <= {"computed", "MLflow registry", "MLflow model version tag gate", "MLflow run tag git_sha",
-                         "git rev-parse HEAD"}, (task, kinds)  # fmt: skip
+        assert kinds <= {"computed", "MLflow registry", "MLflow model version tag gate", "MLflow run tag git_sha"}, (
+            task,
+            kinds,
+        )
         markdown = (root / "reports" / task / "model_card.md").read_text(encoding="utf-8")
         assert render_markdown(card) == markdown, task
         for section in ("Internal validation (all development data)", "Selection: the declared rule and the margins"):

@@ -454,7 +454,7 @@ def test_external_validation_counts_and_signs(evaluation, cohort, honest) -> Non
     assert {"n_failed_trials", "crp_mg_l", "anxious_depression"} <= set(report["features_entirely_missing"])
     assert "n_sessions" not in report["features_observed"] + report["features_entirely_missing"]  # excluded
     assert report["missing_value_handling"]["method"] == "median_imputation_with_indicators"
-    assert "27 real patients with 6 responders" in report["limitations"]
+    assert "27 patients with 6 responders" in report["limitations"]
     assert "negative, the expected direction" in report["limitations"]
 
 
@@ -467,6 +467,53 @@ def test_external_validation_unavailable_when_the_cohort_lacks_the_target(contra
     assert "response_end" in report["reason"]
     _, report = external_validation(cohort[cohort["cohort"] == "synthetic"], honest["champion"], eval_params(), SEED)
     assert report == {"available": False, "reason": "the clean cohort has no 'ds005917' patients"}
+
+
+def test_every_other_cohort_with_the_target_is_an_external_validation(data, honest, cohort) -> None:
+    clinic = data["test"].assign(cohort="clinic_b", patient_id="clin-" + data["test"]["patient_id"].astype(str))
+    evaluation = run(data["test"], honest["champion"], honest["candidates"], data["truth"],
+                     pd.concat([cohort, clinic], ignore_index=True))  # fmt: skip
+    numbers = evaluation.metrics["external_cohorts"]["clinic_b"]
+    y, p = champion_scores(data, honest)  # the same patients under other ids
+    assert (numbers["n"], numbers["events"]) == (y.size, int(y.sum()))
+    assert numbers["auroc"] == pytest.approx(metrics.auroc(y, p), abs=1e-12)
+    assert evaluation.report["external_cohorts"]["clinic_b"]["cohort"] == "clinic_b"
+    assert evaluation.metrics["external"]["n"] == 27  # the configured cohort is still reported on its own
+    assert "synthetic" not in evaluation.metrics["external_cohorts"]  # the development cohort never validates itself
+
+
+def test_a_development_cohort_is_never_its_own_external_validation(cohort, honest) -> None:
+    numbers, report = external_validation(cohort, honest["champion"], eval_params(), SEED, development=("ds005917",))
+    assert numbers == {}
+    assert report == {"available": False, "reason": "ds005917 is the development cohort of this model"}
+
+
+def test_without_a_test_split_only_internal_and_external_validation_remain(
+    data, honest, cohort, evaluation, tmp_path
+) -> None:
+    """The small-cohort protocol: an empty test split gives no test numbers, header-only tables, no figure."""
+    evaluation_with_test = evaluation
+    internal = {"auroc": {"apparent": 0.8, "optimism": 0.1, "corrected": 0.7}, "n": 27, "events": 6}
+    evaluation = evaluate_task(
+        "acute", ACUTE, data["test"].iloc[:0], champion=honest["champion"], candidates=honest["candidates"],
+        truth=data["truth"], cohort=cohort[cohort["cohort"] == "ds005917"], params=eval_params(), seed=SEED,
+        internal=internal, development=("synthetic",),
+    )  # fmt: skip
+    assert evaluation.metrics["test"] == {"n": 0, "events": 0}
+    assert evaluation.metrics["internal_validation"]["auroc"]["corrected"] == 0.7
+    assert evaluation.metrics["external"]["n"] == 27
+    assert not {"oracle", "gap"} & set(evaluation.metrics)
+    assert evaluation.report["oracle"]["available"] is False
+    assert evaluation.report["test"]["available"] is False
+    write_outputs(evaluation, tmp_path / "evaluation")
+    for name in ("thresholds.csv", "subgroups.csv", "calibration_curves.csv", "plots/roc/champion.csv"):
+        frame = pd.read_csv(tmp_path / "evaluation" / name)
+        assert frame.empty
+        assert len(frame.columns) >= 2, name  # the header stays
+    assert not list((tmp_path / "evaluation" / "figures").iterdir())
+    # the same columns as a real subgroup table, so a reader of either file sees one schema
+    written = pd.read_csv(tmp_path / "evaluation" / "subgroups.csv").columns.tolist()
+    assert written == evaluation_with_test.subgroups.columns.tolist()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -531,17 +578,13 @@ def test_dvc_yaml_declares_the_stage_its_metrics_and_plots_for_every_task(writte
     folder = written[0]
     for task in TASKS.root:
         prefix = f"reports/{task}/evaluation/"
-        assert f"{prefix}metrics.json" in dvc["metrics"]
-        task_plots = [next(iter(p.values())) for p in dvc["plots"] if next(iter(p)).startswith(f"{task} ")]
-        assert len(task_plots) == 4, task
-        for plot in task_plots:
-            for path, fields in plot["y"].items():
-                assert path.startswith(prefix)
-                # every declared file and field exists in what the stage writes (checked on the acute output)
-                columns = pd.read_csv(folder / path.removeprefix(prefix), nrows=0).columns
-                assert plot["x"] in columns, path
-                for name in [fields] if isinstance(fields, str) else fields:
-                    assert name in columns, (path, name)
+        # the headline is the only DVC metric; the figures are the plots (images render offline)
+        assert f"{prefix}headline.json" in dvc["metrics"]
+        assert f"{prefix}metrics.json" not in dvc["metrics"]
+        assert f"{prefix}figures" in dvc["plots"]
+    # what they point to exists in what the stage writes (checked on the acute output)
+    assert set(json.loads((folder / "headline.json").read_text())["acute"]) >= {"auc", "slope", "gap"}
+    assert {p.name for p in (folder / "figures").iterdir()} == set(evaluate.FIGURES)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -705,7 +705,8 @@ def test_dvc_yaml_declares_the_stage_and_its_metrics_for_every_task() -> None:
     # the per-patient out must not overlap the split stage's data/processed/<task>
     assert not any(out.startswith("data/processed") for out in stage["do"]["outs"])
     for task in TASKS.root:
-        assert f"reports/{task}/explain/fidelity.json" in dvc["metrics"]
+        assert f"reports/{task}/explain/headline.json" in dvc["metrics"]
+        assert f"reports/{task}/explain/figures" in dvc["plots"]
 
 
 def test_course_early_leaves_madrs_baseline_out_of_fidelity() -> None:

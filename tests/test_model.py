@@ -21,7 +21,7 @@ from pipeline.model import (
     log_saved_model,
     write_manifest,
 )
-from tests.test_score import canonical_rows, invoke, save_test_model, write
+from tests.scoring.helpers import canonical_rows, invoke, save_test_model, write
 
 
 @pytest.fixture(scope="module")

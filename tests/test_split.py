@@ -108,10 +108,51 @@ def test_the_real_cohort_never_trains(frame) -> None:
 def test_training_on_another_cohort_uses_only_its_rows(contract) -> None:
     frame = cohort_frame(contract)
     frame["cohort"] = frame["cohort"].astype("string").replace({"synthetic": "other_clinic"})
-    with pytest.raises(PipelineError, match="no 'synthetic' rows"):
+    with pytest.raises(ConfigError, match=r"training_cohort names \['synthetic'\], not in the clean cohort"):
         split_cohort(frame, TASK, params(), seed=1)
     train, test = split_cohort(frame, TASK, params(training_cohort="other_clinic"), seed=1)
     assert set(pd.concat([train, test])["cohort"]) == {"other_clinic"}
+
+
+def test_a_list_of_cohorts_is_pooled_and_each_row_keeps_its_cohort(contract) -> None:
+    frame = cohort_frame(contract)
+    frame["cohort"] = frame["cohort"].astype("string").where(frame.index % 2 == 0, "clinic_b")
+    frame.loc[frame["patient_id"].str.startswith("sub-"), "cohort"] = "ds005917"
+    train, test = split_cohort(frame, TASK, params(training_cohort=["synthetic", "clinic_b"]), seed=1)
+    pooled = pd.concat([train, test])
+    assert set(pooled["cohort"]) == {"synthetic", "clinic_b"}
+    eligible = frame[frame["cohort"].isin(["synthetic", "clinic_b"]) & frame["response_acute"].notna()]
+    assert len(pooled) == len(eligible)
+    with pytest.raises(ValueError, match="distinct"):
+        params(training_cohort=["synthetic", "synthetic"])
+    with pytest.raises(ValueError, match="distinct"):
+        params(training_cohort=[])
+
+
+def test_a_small_cohort_keeps_every_patient_for_training(frame) -> None:
+    small = params(training_cohort="ds005917", small_cohort_n=200)
+    train, test = split_cohort(frame, TASK, small, seed=1)
+    eligible = frame[(frame["cohort"] == "ds005917") & frame["response_acute"].notna()]
+    assert sorted(train["patient_id"]) == sorted(eligible["patient_id"])
+    assert test.empty
+    assert list(test.columns) == list(train.columns)
+    assert split_stage.protocol(small, len(eligible)) == "small_cohort"
+    # at or above the threshold: the usual held-out split
+    assert split_stage.protocol(small, 200) == "held_out"
+    train, test = split_cohort(frame, TASK, params(small_cohort_n=200), seed=1)
+    assert len(test) > 0
+
+
+def test_holdout_sites_on_a_real_cohort_with_a_site_column(contract) -> None:
+    frame = cohort_frame(contract)
+    real = frame["cohort"] == "synthetic"
+    frame["cohort"] = frame["cohort"].astype("string").where(~real, "clinic")
+    train, test = split_cohort(frame, TASK, params(training_cohort="clinic", holdout_sites=["east"]), seed=1)
+    assert set(test["site"]) == {"east"}
+    assert set(train["cohort"]) == set(test["cohort"]) == {"clinic"}
+    frame.loc[real, "site"] = pd.NA  # a cohort whose config maps no site
+    with pytest.raises(ConfigError, match="records no site"):
+        split_cohort(frame, TASK, params(training_cohort="clinic", holdout_sites=["east"]), seed=1)
 
 
 def test_a_single_outcome_class_cannot_be_split(contract) -> None:
@@ -144,4 +185,5 @@ def test_main_writes_both_splits_and_their_counts(project_root, contract) -> Non
     counts = json.loads((out / "split.json").read_text())
     assert counts["train"] == {"n": len(train), "events": int(train["response_acute"].sum())}
     assert counts["test"] == {"n": len(test), "events": int(test["response_acute"].sum())}
+    assert (counts["protocol"], counts["development_cohorts"]) == ("held_out", ["synthetic"])
     assert not set(train["patient_id"]) & set(test["patient_id"])

@@ -328,6 +328,12 @@ def test_registry_alias_moves_only_through_the_gate(trained, tiny_data, tmp_path
     assert parents["metrics.internal_validation.auroc.corrected"].notna().all()
     nested = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert nested["metrics.selection.margin"].notna().all()
+    assert nested["tags.git_sha"].notna().all()  # the candidates carry the run tags too (and DVC's, in DVC)
+    # the registry says what the model is; the UI opens the model-training view
+    assert "trd features" in client.get_registered_model("trd-acute").description
+    assert "CV AUROC" in client.get_model_version("trd-acute", decision["version"]).description
+    kind = mlflow.get_experiment_by_name("trd-acute").tags[tracking.EXPERIMENT_KIND_TAG]
+    assert kind == "custom_model_development"
     assert len(runs) == 2 * (1 + len(trained.results))  # parent + nested candidates, twice
 
     # evaluate and explain add to the newest training run of the same estimator, and to no other
@@ -343,3 +349,27 @@ def test_later_stages_skip_mlflow_without_a_store(tmp_path, monkeypatch, caplog)
         assert tracking.training_run_to_extend(tmp_path, "acute", "0" * 64, "explanations") is None
     assert "explanations not logged to MLflow" in caplog.text
     assert not (tmp_path / "mlflow.db").exists()  # looking must not create a store
+
+
+def test_a_small_cohort_prefers_logistic_regression_and_a_failing_candidate_leaves_the_race(tiny_data) -> None:
+    """Small-cohort protocol on 80 patients: fewer folds, logistic regression first under one SE, and histogram
+    boosting (which cannot bin a column missing for everyone) recorded as failed instead of a traceback."""
+    X, y = tiny_data
+    X = X.head(80).assign(never_recorded=np.nan)
+    y = y[:80]
+    declared = tiny_params(
+        cv_folds=10,
+        min_fold_events=5,
+        selection={"metric": "log_loss", "rule": "best", "simplicity_order": ["xgboost", "hist_gb", "logreg"]},
+    )
+    trained = train_task("acute", "response_acute", X, y, params=declared, seed=3, small_cohort=True)
+    smaller = int(min(y.sum(), len(y) - y.sum()))
+    assert trained.protocol["cv_folds"] == min(10, smaller // 5) < 10
+    assert trained.protocol["small_cohort"] is True
+    assert "window shape" in trained.protocol["candidates_failed"]["hist_gb"]
+    assert [r.name for r in trained.results] == ["logreg", "xgboost"]
+    rows = trained.selection["candidates"]
+    # logistic regression wins unless the other beats it by more than one paired SE
+    beaten = rows["logreg"]["margin"] > rows["logreg"]["margin_se"]
+    assert trained.champion.name == ("xgboost" if beaten else "logreg")
+    assert trained.selection["simplicity_order"][0] == "logreg"

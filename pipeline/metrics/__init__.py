@@ -44,7 +44,7 @@ Modules
 * :mod:`.bootstrap`: single and paired percentile bootstrap;
 * :mod:`.summary`: headline metrics and the subgroup (fairness) table;
 * :mod:`.external`: Spearman's rho against a continuous outcome;
-* :mod:`.sample_size`: Riley et al. minimum development sample size.
+* Riley et al. minimum development sample size: re-exported from :mod:`pipeline.sample_size` (the train gate owns it).
 
 Everything public is re-exported here, so ``from pipeline import metrics; metrics.auroc(...)`` works as before.
 """
@@ -63,9 +63,9 @@ from pipeline.metrics.calibration import (
 from pipeline.metrics.discrimination import DeLongCI, auprc, auroc, brier_score, delong_ci, scaled_brier_score
 from pipeline.metrics.external import CorrelationCI, spearman_ci
 from pipeline.metrics.inputs import PROB_CLIP, BinStrategy, FloatArray, Metric
-from pipeline.metrics.sample_size import RileySampleSize, r2_cox_snell_from_c_statistic, riley_sample_size
 from pipeline.metrics.summary import DEFAULT_MIN_CELL, performance_summary, subgroup_table
 from pipeline.metrics.utility import decision_curve, net_benefit, threshold_table
+from pipeline.sample_size import RileySampleSize, r2_cox_snell_from_c_statistic, riley_sample_size
 
 __all__ = [
     "DEFAULT_MIN_CELL",

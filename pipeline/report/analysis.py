@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline import metrics
+from pipeline import sample_size
 from pipeline.errors import ConfigError
 from pipeline.report.format import finite, fmt_number
 from pipeline.report.inputs import CardInputs
@@ -30,7 +30,7 @@ class SampleSizeCheck:
     prevalence: float
     c_statistic: float | None
     c_from_params: bool
-    riley: metrics.RileySampleSize | None
+    riley: sample_size.RileySampleSize | None
     reason: str | None  # why Riley could not be computed
 
     @property
@@ -53,7 +53,7 @@ def sample_size_check(inputs: CardInputs) -> SampleSizeCheck:
         reason = "no anticipated C statistic (the champion's CV AUROC is missing)"
     else:
         try:
-            riley = metrics.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
+            riley = sample_size.riley_sample_size(parameters=parameters, prevalence=prevalence, c_statistic=c_statistic)
         except ConfigError as exc:
             reason = exc.message
     return SampleSizeCheck(

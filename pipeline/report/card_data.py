@@ -70,7 +70,8 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
         "task": inputs.task,
         "title": (
             f"Model card: {inputs.registered_name}, a machine-learning model of response to ketamine in "
-            f"treatment-resistant depression (task {inputs.task}; synthetic development data)"
+            f"treatment-resistant depression (task {inputs.task}; {inputs.development_name} development data"
+            + ("; underpowered)" if inputs.underpowered else ")")
         ),
         "sections": sections(),
         "registered_name": inputs.registered_name,
@@ -90,7 +91,14 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
         "target": {"name": target.name, "description": target.description.rstrip("."), "timing": str(target.timing)},
         "timing_order": codes(TIMING_ORDER),
         "routes": codes(inputs.contract.column("route").levels or ()),
-        "training_cohort": inputs.split.training_cohort,
+        "development": {
+            "cohorts": list(inputs.development),
+            "name": inputs.development_name,
+            "synthetic": inputs.synthetic_development,
+            "held_out": inputs.held_out,
+            "underpowered": inputs.underpowered,
+            "external_cohorts": sorted(inputs.metrics.get("external_cohorts") or {}),
+        },
         "external_cohort": EXTERNAL_COHORT,
         "external_available": external,
         "figures": inputs.figures,
@@ -111,7 +119,7 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
         "shap": facts_explain.shap(inputs),
         "poor_correlation": analysis.POOR_CORRELATION,
         "limitations": {
-            "below_riley": check.met is False,
+            "below_riley": check.met is False and not inputs.underpowered,
             "gate_refused": inputs.registry.gate_reasons or "" if inputs.registry.gate == "refused" else None,
         },
         "references": static_data("references"),

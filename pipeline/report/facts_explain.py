@@ -48,8 +48,10 @@ def shap(inputs: CardInputs) -> dict[str, Any] | None:
         explain.explanation.get("calibration.description"),
         report.get("aggregation"),
     )
+    split = str(explain.explanation.get("rows.split") or "test")
+    who = "test patients" if split == "test" else "development patients (no test split)"
     checks = Keyed("check")
-    checks.number("test patients explained", explain.fidelity, "n_explained", 0)
+    checks.number(f"{who} explained", explain.fidelity, "n_explained", 0)
     checks.number("largest additivity error (log-odds)", explain.fidelity, "additivity.max_abs_error", 6)
     checks.number("additivity tolerance (log-odds)", explain.explanation, "additivity.tolerance", 4)
     importance = csv_grid(
@@ -67,6 +69,7 @@ def shap(inputs: CardInputs) -> dict[str, Any] | None:
         ],
     )
     out: dict[str, Any] = {
+        "who": who,
         "method": [str(part).rstrip(".") for part in parts if part],
         "checks": checks.data(),
         "importance": importance,

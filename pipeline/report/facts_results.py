@@ -10,7 +10,7 @@ from typing import Any
 from pipeline import metrics
 from pipeline.report import analysis
 from pipeline.report.facts_setup import VALIDATED_ROWS
-from pipeline.report.format import finite, level_header
+from pipeline.report.format import codes, finite, level_header
 from pipeline.report.inputs import EXTERNAL_COHORT, CardInputs
 from pipeline.report.tables import Keyed, csv_grid, json_grid, other
 from pipeline.train import selection_rule_text
@@ -84,6 +84,9 @@ def model(inputs: CardInputs, names_of: dict[str, str]) -> dict[str, Any]:
     )
     return {
         "cv_folds": train.cv_folds,
+        "cv_folds_used": cv.get("protocol.cv_folds"),
+        "pooled": len(inputs.development) > 1,
+        "holdout_sites": codes(inputs.split.holdout_sites) if inputs.split.holdout_sites else None,
         "calibration_methods": ", ".join(train.calibration_methods),
         "selection_rule": selection_rule_text(train.selection),
         "search": search,
@@ -129,6 +132,8 @@ def internal_validation(inputs: CardInputs) -> dict[str, Any] | None:
 
 
 def performance(inputs: CardInputs, names_of: dict[str, str]) -> dict[str, Any]:
+    if not inputs.held_out:  # small-cohort protocol: the internal validation is all there is
+        return {"internal": internal_validation(inputs), "held_out": False}
     m, level = inputs.metrics, level_header(inputs.level)
     champion = Keyed("measure (test split)", level)
     champion.number("AUROC", m, "test.auroc", 3, interval=True)
@@ -144,6 +149,7 @@ def performance(inputs: CardInputs, names_of: dict[str, str]) -> dict[str, Any]:
     champion.number("Brier score", m, "test.brier", 3, interval=True)
     champion.number("scaled Brier score", m, "test.scaled_brier", 3, interval=True)
     out: dict[str, Any] = {
+        "held_out": True,
         "internal": internal_validation(inputs),
         "intervals": inputs.evaluation.get("intervals") or {},
         "intervals_cited": f"{inputs.evaluation.path}#intervals",
@@ -197,7 +203,9 @@ def performance(inputs: CardInputs, names_of: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def decision(inputs: CardInputs) -> dict[str, Any]:
+def decision(inputs: CardInputs) -> dict[str, Any] | None:
+    if not inputs.held_out:  # thresholds read on the patients that trained the model would flatter it
+        return None
     thresholds = csv_grid(
         inputs.thresholds,
         [
@@ -225,7 +233,9 @@ def decision(inputs: CardInputs) -> dict[str, Any]:
     return {"thresholds": thresholds, "curve": curve.data()}
 
 
-def subgroups(inputs: CardInputs) -> dict[str, Any]:
+def subgroups(inputs: CardInputs) -> dict[str, Any] | None:
+    if not inputs.held_out:
+        return None
     table = Keyed("suppression")
     table.number(
         "cells with fewer patients, responders or non-responders than this are suppressed",
@@ -255,7 +265,8 @@ def subgroups(inputs: CardInputs) -> dict[str, Any]:
 def external(inputs: CardInputs) -> dict[str, Any]:
     report = inputs.external_report()
     if not report.get("available"):
-        return {"available": False, "reason": str(report.get("reason", "the evaluate stage did not run it"))}
+        reason = str(report.get("reason", "the evaluate stage did not run it"))
+        return {"available": False, "reason": reason, "other_cohorts": other_cohorts(inputs)}
     m, level = inputs.metrics, level_header(inputs.level)
     table = Keyed(f"measure ({EXTERNAL_COHORT}, ketamine, day 2)", level)
     table.number("patients", m, "external.n", 0)
@@ -284,7 +295,12 @@ def external(inputs: CardInputs) -> dict[str, Any]:
     table.number("calibration slope", m, "external.calibration_slope", 2, interval=True)
     table.number("input columns missing for every patient", m, "external.features_entirely_missing", 0)
     table.number("input columns of the model", m, "external.features_total", 0)
-    out: dict[str, Any] = {"available": True, "table": table.data(), "control": None}
+    out: dict[str, Any] = {
+        "available": True,
+        "table": table.data(),
+        "control": None,
+        "other_cohorts": other_cohorts(inputs),
+    }
     if m.get("external.negative_control") is not None:
         control = Keyed("negative control (saline, day 2)", level)
         control.number("patients", m, "external.negative_control.n", 0)
@@ -305,3 +321,24 @@ def external(inputs: CardInputs) -> dict[str, Any]:
         str(report.get("limitations", "")), f"{inputs.evaluation.path}#external_validation.limitations"
     )
     return out
+
+
+def other_cohorts(inputs: CardInputs) -> dict[str, Any] | None:
+    """External validation on every other configured cohort with the task's outcome (the model transported)."""
+    m = inputs.metrics
+    names = sorted(m.get("external_cohorts") or {})
+    if not names:
+        return None
+    table = Keyed("cohort: measure", level_header(inputs.level))
+    for name in names:
+        key = f"external_cohorts.{name}"
+        table.number(f"{name}: patients", m, f"{key}.n", 0)
+        table.number(f"{name}: responders", m, f"{key}.events", 0)
+        table.number(f"{name}: observed response rate", m, f"{key}.observed_rate", 3, interval=True)
+        table.number(f"{name}: mean predicted probability", m, f"{key}.mean_predicted", 3)
+        table.number(f"{name}: AUROC (interval: DeLong, logit scale)", m, f"{key}.auroc", 3, interval=True)
+        table.number(
+            f"{name}: calibration-in-the-large (log-odds)", m, f"{key}.calibration_in_the_large", 2, interval=True
+        )
+        table.number(f"{name}: calibration slope", m, f"{key}.calibration_slope", 2, interval=True)
+    return {"names": names, "table": table.data(), "cited": f"{inputs.evaluation.path}#external_cohorts"}

@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.contract import PREDICTOR_ROLES, TIMING_ORDER
 from pipeline.report import analysis
 from pipeline.report.format import codes, level_header, md_code, md_escape
-from pipeline.report.inputs import CHAMPION_ALIAS, EXTERNAL_COHORT, CardInputs
+from pipeline.report.inputs import CHAMPION_ALIAS, EXTERNAL_COHORT, SYNTHETIC, CardInputs
 from pipeline.report.tables import Keyed, json_grid, plain
 
 NOT_IN_REGISTRY = "not found in the MLflow registry at build time"
@@ -45,7 +45,12 @@ def identity(inputs: CardInputs) -> dict[str, Any]:
         else:
             alias = "no: no version holds the alias"
         table.other(alias_label, alias, "MLflow registry")
-        table.other("MLflow training run", reg.run_id or "–", "MLflow registry")
+        # where to find the run, not its id: the id differs in every store, the card must not (dvc status)
+        table.other(
+            "MLflow training run",
+            f"experiment {reg.name}, the version's run (tag estimator_sha256 below)",
+            "MLflow registry",
+        )
         table.other("registry gate", reg.gate or "–", "MLflow model version tag gate")
         table.other("git commit of the training run", reg.training_git_sha or "–", "MLflow run tag git_sha")
     else:
@@ -59,15 +64,16 @@ def identity(inputs: CardInputs) -> dict[str, Any]:
         ("package version", "package_version"),
     ):
         table.string(label, info, key)
-    table.other("git commit when this card was built", inputs.git_sha, "git rev-parse HEAD")
     return {"table": table.data(), "registry_reason": reg.reason}
 
 
 def summary(inputs: CardInputs) -> dict[str, Any]:
-    m, cv = inputs.metrics, inputs.cv
+    m, cv, held_out = inputs.metrics, inputs.cv, inputs.held_out
     table = Keyed("measure", level_header(inputs.level))
     table.number("training patients (development data)", cv, "n_train", 0)
     table.number("training responders", cv, "events_train", 0)
+    if cv.get("protocol.sample_size.minimum_n") is not None:
+        table.number("Riley minimum sample size (declared C, before fitting)", cv, "protocol.sample_size.minimum_n", 0)
     internal = m.get("internal_validation") is not None
     for key, label, digits in VALIDATED_ROWS:
         if internal:
@@ -78,9 +84,11 @@ def summary(inputs: CardInputs) -> dict[str, Any]:
                 digits,
                 interval=True,
             )
-        table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
-    table.number("test patients", m, "test.n", 0)
-    table.number("test responders", m, "test.events", 0)
+        if held_out:
+            table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
+    if held_out:
+        table.number("test patients", m, "test.n", 0)
+        table.number("test responders", m, "test.events", 0)
     if m.get("oracle") is not None:
         table.number(
             "AUROC of the generating probability (ceiling; knows the site), same test patients",
@@ -106,11 +114,28 @@ def summary(inputs: CardInputs) -> dict[str, Any]:
         table.number(f"external patients ({EXTERNAL_COHORT})", m, "external.n", 0)
         table.number("external responders", m, "external.events", 0)
         table.number("AUROC, external", m, "external.auroc", 3, interval=True)
-    return {"table": table.data()}
+    for name in sorted(m.get("external_cohorts") or {}):
+        table.number(f"external patients ({name})", m, f"external_cohorts.{name}.n", 0)
+        table.number(f"AUROC, external ({name})", m, f"external_cohorts.{name}.auroc", 3, interval=True)
+    underpowered = None
+    if inputs.underpowered:
+        size = "protocol.sample_size"
+        underpowered = {
+            "n": cv.get(f"{size}.n"),
+            "events": cv.get(f"{size}.events"),
+            "minimum_n": cv.get(f"{size}.minimum_n"),
+        }
+    return {"table": table.data(), "underpowered": underpowered}
 
 
 def data(inputs: CardInputs) -> dict[str, Any]:
-    out: dict[str, Any] = {"generator": None, "external_source": None}
+    out: dict[str, Any] = {"generator": None, "external_source": None, "development_sources": []}
+    for name in inputs.development:  # the development cohort(s) other than the synthetic one, in their own words
+        if name == SYNTHETIC:
+            continue
+        source = inputs.sources.get(name)
+        described = str(source.get("description") or source.get("title") or "no description") if source else None
+        out["development_sources"].append({"name": name, "description": described and described.rstrip(".")})
     if inputs.planted is not None:
         target, planted = inputs.task_spec.target, inputs.planted
         table = Keyed("generator quantity")
@@ -130,15 +155,16 @@ def data(inputs: CardInputs) -> dict[str, Any]:
         out["external_source"] = {
             "doi": source.get("doi"),
             "registration": source.get("registration"),
+            "development": EXTERNAL_COHORT in inputs.development,
             "table": table.data(),
         }
     return out
 
 
 def source_order(inputs: CardInputs) -> list[str]:
-    """The cleaning report's sources, the training cohort first."""
+    """The cleaning report's sources, the development cohort(s) first."""
     names = sorted(inputs.cleaning.get("sources") or {})
-    return sorted(names, key=lambda name: name != inputs.split.training_cohort)
+    return sorted(names, key=lambda name: name not in inputs.development)
 
 
 def flow(inputs: CardInputs) -> dict[str, Any]:
@@ -156,11 +182,12 @@ def flow(inputs: CardInputs) -> dict[str, Any]:
         if cleaning.get(f"{prefix}.outcomes.{target}") is not None:
             table.number(f"{cohort}: with a known `{target}`", cleaning, f"{prefix}.outcomes.{target}.known", 0)
             table.number(f"{cohort}: of whom responders", cleaning, f"{prefix}.outcomes.{target}.positive", 0)
-        if cohort == inputs.split.training_cohort:
+        if cohort == inputs.development[-1]:  # after the last development cohort: the split of the pooled rows
             table.number("training split: patients", split, "train.n", 0)
             table.number("training split: responders", split, "train.events", 0)
-            table.number("test split: patients", split, "test.n", 0)
-            table.number("test split: responders", split, "test.events", 0)
+            if inputs.held_out:
+                table.number("test split: patients", split, "test.n", 0)
+                table.number("test split: responders", split, "test.events", 0)
         if cohort == EXTERNAL_COHORT and m.get("external.negative_control") is not None:
             table.number(
                 f"{cohort}: with a known saline (negative-control) outcome", m, "external.negative_control.n", 0
@@ -237,7 +264,7 @@ def sample_size(inputs: CardInputs) -> dict[str, Any]:
     else:
         key = f"candidates.{inputs.champion}.cv_auroc"
         table.number("anticipated C statistic (the champion's CV AUROC)", inputs.cv, key, 3)
-    riley, how = check.riley, "pipeline.metrics.riley_sample_size(P, φ, C)"
+    riley, how = check.riley, "pipeline.sample_size.riley_sample_size(P, φ, C)"
     if riley is not None:
         table.computed("anticipated Cox-Snell R²", riley.r2_cs, 3, how)
         table.computed("criterion 1: n for an expected shrinkage of at least 0.9", riley.n_shrinkage, 0, how)
@@ -250,11 +277,34 @@ def sample_size(inputs: CardInputs) -> dict[str, Any]:
         table.computed("events per candidate parameter in the training split", observed_epp, 1, "events_train / P")
     return {
         "table": table.data(),
+        "gate": gate(inputs),
         "met": check.met,
         "reason": check.reason,
         "c_from_params": check.c_from_params,
         "tree": inputs.champion in analysis.TREE_FAMILIES,
     }
+
+
+def gate(inputs: CardInputs) -> dict[str, Any] | None:
+    """The prospective check the train stage made before any fitting (cv_metrics.json protocol.sample_size)."""
+    cv, key = inputs.cv, "protocol.sample_size"
+    if cv.get(key) is None:
+        return None
+    table = Keyed("quantity")
+    table.number(
+        "anticipated C statistic, declared before fitting (`train.sample_size.anticipated_c`)",
+        cv,
+        f"{key}.anticipated_c",
+        2,
+    )
+    table.number("development patients", cv, f"{key}.n", 0)
+    table.number("development responders", cv, f"{key}.events", 0)
+    table.number("candidate parameters", cv, f"{key}.parameters", 0)
+    table.number("events per candidate parameter in the development data", cv, f"{key}.events_per_parameter", 2)
+    if cv.get(f"{key}.minimum_n") is not None:
+        table.number("minimum sample size at the declared C", cv, f"{key}.minimum_n", 0)
+        table.number("responders expected at that size", cv, f"{key}.minimum_events", 1)
+    return {"table": table.data(), "passed": bool(cv.get(f"{key}.passed"))}
 
 
 def missing(inputs: CardInputs) -> dict[str, Any]:

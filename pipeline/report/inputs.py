@@ -1,5 +1,6 @@
 """Everything the card is made of, read before anything is computed: the task's params, the schema, the source
-configs, the outputs of every upstream stage, the MLflow registry entry of the bundle and the ``dvc.lock`` hashes.
+configs, the outputs of every upstream stage, the MLflow registry entry of the bundle and the ``dvc.lock`` hashes
+(never the current git HEAD or a run id: the card must not change when they do).
 
 Paths come from :class:`pipeline.paths.ProjectPaths`, the registry and ``dvc.lock`` from :mod:`pipeline.tracking`.
 A stage cannot depend on ``dvc.lock`` (it changes when the stage runs), so the hashes are read at run time.
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 PARAMS_FILE = "params.yaml"
 CHAMPION_ALIAS = tracking.CHAMPION_ALIAS
 EXTERNAL_COHORT = "ds005917"  # the public cohort whose source config the card cites
+SYNTHETIC = "synthetic"  # the generator's cohort: the only development data with a planted truth
 PLANTED_EFFECTS = "data/raw/synthetic/planted_effects.json"
 # the evaluate and explain figures embedded in the card, in reading order (others in those folders are left out:
 # waterfall plots show single patients, dependence plots are many)
@@ -124,7 +126,6 @@ class CardInputs:
     explain: ExplainInputs | None
     registry: RegistryInfo
     lock: tuple[tuple[str, str, str], ...]  # (stage, output, md5) from dvc.lock
-    git_sha: str
 
     @property
     def registered_name(self) -> str:
@@ -149,6 +150,32 @@ class CardInputs:
 
     def external_report(self) -> dict[str, Any]:
         return self.evaluation.get("external_validation") or {}
+
+    @property
+    def development(self) -> tuple[str, ...]:
+        """The development cohort(s): what the train stage recorded, else split.training_cohort."""
+        recorded = self.cv.get("protocol.development_cohorts")
+        return tuple(recorded) if recorded else self.split.cohorts
+
+    @property
+    def synthetic_development(self) -> bool:
+        """Developed on the synthetic cohort alone (the only development data with a known truth)."""
+        return self.development == (SYNTHETIC,)
+
+    @property
+    def development_name(self) -> str:
+        """How the card names the development data: 'synthetic', or the cohort names ('clinic_a + clinic_b')."""
+        return " + ".join(self.development)
+
+    @property
+    def held_out(self) -> bool:
+        """A test split exists (none under the small-cohort protocol)."""
+        return bool(self.split_counts.get("test.n"))
+
+    @property
+    def underpowered(self) -> bool:
+        """Trained below the Riley minimum with train.sample_size.override."""
+        return bool(self.cv.get("protocol.underpowered"))
 
 
 def _missing(path: Path, what: str) -> PipelineError:
@@ -262,7 +289,6 @@ def gather_inputs(paths: ProjectPaths, task_name: str, raw_params: dict[str, Any
         explain=read_explain(root, f"{card_folder}/explain", card_folder),
         registry=registry_info(root, str(model_info.data["registered_model_name"]), model_info.get("estimator_sha256")),
         lock=tuple(tracking.dvc_lock_outs(root, [s.format(task=task_name) for s in LOCKED_STAGES])),
-        git_sha=tracking.git_sha(root),
     )
     check_consistency(inputs)
     return inputs

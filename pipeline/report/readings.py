@@ -11,16 +11,15 @@ from pipeline.report.inputs import CardInputs
 
 
 def discrimination(inputs: CardInputs) -> str:
-    m = inputs.metrics
+    m, split = inputs.metrics, f"the {inputs.development_name} test split"
     return interval_reading(
         m.get("test.auroc_lower"),
         m.get("test.auroc_upper"),
         0.5,
-        below="the champion ranks the synthetic test patients worse than chance (its AUROC interval lies below 0.5)",
-        inside="the champion cannot be distinguished from chance on the synthetic test split (its AUROC interval "
-        "includes 0.5)",
-        above="the champion ranks responders above non-responders better than chance on the synthetic test split "
-        "(its AUROC interval lies above 0.5)",
+        below=f"the champion ranks the patients of {split} worse than chance (its AUROC interval lies below 0.5)",
+        inside=f"the champion cannot be distinguished from chance on {split} (its AUROC interval includes 0.5)",
+        above=f"the champion ranks responders above non-responders better than chance on {split} (its AUROC "
+        "interval lies above 0.5)",
         missing="the test AUROC has no interval, so it cannot be interpreted",
     )
 
@@ -47,6 +46,8 @@ def oracle(inputs: CardInputs) -> str:
         )
     if m.get("gap") is None:
         reason = inputs.evaluation.get("oracle.reason") or "the oracle was unavailable"
+        if not inputs.synthetic_development and inputs.held_out:  # the generator knows nothing of this cohort
+            reason = f"{inputs.development_name} has no synthetic truth"
         return f"no comparison with the oracle: {reason}"
     return interval_reading(
         m.get("gap.auroc_lower"),

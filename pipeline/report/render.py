@@ -118,7 +118,7 @@ def _markdown_it(figures: dict[str, bytes]) -> MarkdownIt:
 
     def blockquote_open(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
         inline = tokens[idx + 2] if idx + 2 < len(tokens) else None
-        warning = inline is not None and inline.content.startswith("**Research use only")
+        warning = inline is not None and inline.content.startswith(("**Research use only", "**Underpowered."))
         return '<blockquote class="warning">\n' if warning else "<blockquote>\n"
 
     md.add_render_rule("image", image)

@@ -73,12 +73,17 @@ def read_table(path: Path) -> pd.DataFrame:
     raise PipelineError(f"unsupported file type '{suffix}'", file=path, hint="use .csv, .tsv or .parquet")
 
 
+def _layout_file(spec: TabularSourceSpec) -> str:
+    # the scorer's canonical layout is built from the contract, not read from configs/sources/
+    return "configs/cohort_schema.yaml" if spec.name == "canonical" else f"configs/sources/{spec.name}.yaml"
+
+
 def _missing_columns_error(missing: list[str], source_file: str, spec: TabularSourceSpec) -> PipelineError:
     return PipelineError(
         f"missing required column(s): {', '.join(missing)}",
         file=source_file,
         column=missing[0],
-        hint=f"the export must have the columns listed in configs/sources/{spec.name}.yaml",
+        hint=f"the export must have the columns listed in {_layout_file(spec)}",
     )
 
 

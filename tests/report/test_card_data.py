@@ -17,13 +17,7 @@ from pipeline.features import FeatureSpec
 from pipeline.report.card_data import SECTIONS
 from tests.report.fixtures import PATIENT_IDS, TASK, build, check_card_data, fabricate, facts
 
-FILE_KINDS = {
-    "computed",
-    "MLflow registry",
-    "MLflow model version tag gate",
-    "MLflow run tag git_sha",
-    "git rev-parse HEAD",
-}
+FILE_KINDS = {"computed", "MLflow registry", "MLflow model version tag gate", "MLflow run tag git_sha"}
 
 
 def _rows(table: dict) -> dict[str, dict]:
@@ -203,7 +197,11 @@ def test_unavailable_external_validation_and_explanations_are_said_not_hidden(
 ) -> None:
     fabricate(project_root, contract, external=False, explain=False)
     card, markdown, _ = build(project_root)
-    assert card["external"] == {"available": False, "reason": "ds005917 does not record the target"}
+    assert card["external"] == {
+        "available": False,
+        "reason": "ds005917 does not record the target",
+        "other_cohorts": None,
+    }
     assert card["shap"] is None
     assert "Not available for this task: ds005917 does not record the target" in markdown
     assert "no external validation of any kind" in markdown
@@ -224,3 +222,84 @@ def test_every_fact_is_json_and_carries_a_source(project) -> None:
     card, _, _ = build(project)
     json.dumps(card, allow_nan=False)  # no NaN: a missing value is null
     assert all(isinstance(f["source"], str) and f["source"] for f in facts(card))
+
+
+def _own_cohort(project, cohort: str) -> None:
+    """Outputs of a model developed on ``cohort`` (no synthetic truth): no oracle, the synthetic cohort external."""
+    cv = project / f"reports/{TASK}/cv_metrics.json"
+    sample = {
+        "anticipated_c": 0.8,
+        "n": 900,
+        "events": 360,
+        "parameters": 23,
+        "events_per_parameter": 15.65,
+        "minimum_n": 600,
+        "minimum_events": 240.0,
+        "passed": True,
+    }
+    _edit(cv, lambda p: p.update(protocol={"development_cohorts": [cohort], "cv_folds": 4, "sample_size": sample}))
+    external = {"n": 1200, "events": 480, "mean_predicted": 0.41}
+    for key, value in (
+        ("observed_rate", 0.4),
+        ("auroc", 0.68),
+        ("calibration_in_the_large", 0.01),
+        ("calibration_slope", 0.9),
+    ):
+        external |= {key: value, f"{key}_lower": value - 0.05, f"{key}_upper": value + 0.05}
+
+    def metrics_without_truth(p: dict) -> None:
+        for key in ("oracle", "oracle_predictors", "gap", "gap_predictors", "labels"):
+            p.pop(key)
+        p["external_cohorts"] = {"synthetic": external}
+
+    _edit(project / f"reports/{TASK}/evaluation/metrics.json", metrics_without_truth)
+    _edit(
+        project / f"reports/{TASK}/evaluation/evaluation.json",
+        lambda p: (p.pop("oracle_predictors"), p.update(oracle={"available": False, "reason": "no truth"})),
+    )
+
+
+def test_a_model_of_an_own_cohort_is_named_by_it_and_validated_on_the_synthetic_one(project) -> None:
+    _own_cohort(project, "clinic_copy")
+    card, markdown, _ = build(project)
+    check_card_data(card, project)
+    assert card["development"] == {
+        "cohorts": ["clinic_copy"],
+        "name": "clinic_copy",
+        "synthetic": False,
+        "held_out": True,
+        "underpowered": False,
+        "external_cohorts": ["synthetic"],
+    }
+    assert "clinic_copy development data)" in markdown.split("\n")[0]
+    assert "All development and test patients are **synthetic**" not in markdown
+    assert "Developed and tested on synthetic patients" not in markdown
+    assert "underpowered" not in markdown.lower()
+    assert "external patients (synthetic)" in markdown
+    assert "### Other cohorts" in markdown
+    assert "4-fold (not the declared" in markdown
+    assert "### The gate before fitting" in markdown
+    assert "no comparison with the oracle: clinic_copy has no synthetic truth" in card["readings"]["oracle"]
+
+
+def test_a_small_underpowered_cohort_has_no_test_split_and_says_so(project) -> None:
+    _own_cohort(project, "ds005917")
+    _edit(
+        project / f"reports/{TASK}/cv_metrics.json",
+        lambda p: p["protocol"].update(
+            underpowered=True,
+            sample_size=p["protocol"]["sample_size"] | {"n": 27, "events": 6, "minimum_n": 500, "passed": False},
+        ),
+    )
+    _edit(project / f"data/processed/{TASK}/split.json", lambda p: p.update(test={"n": 0, "events": 0}))
+    _edit(project / f"reports/{TASK}/explain/explanation.json", lambda p: p.update(rows={"split": "train"}))
+    card, markdown, _ = build(project)
+    check_card_data(card, project)
+    assert markdown.split("\n")[0].endswith("(task acute; ds005917 development data; underpowered)")
+    assert "> **Underpowered.** Developed on 27 patients with 6 responders where the Riley minimum is 500" in markdown
+    assert card["performance"] == {"internal": card["performance"]["internal"], "held_out": False}
+    assert card["decision"] is None
+    assert card["subgroups"] is None
+    assert "Here the real cohort is the development cohort" in markdown
+    assert "development patients (no test split) explained" in markdown
+    assert "| AUROC, held-out test split" not in markdown

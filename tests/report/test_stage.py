@@ -68,7 +68,10 @@ def test_main_states_the_registry_version_and_alias_and_logs_the_card(project, m
     markdown = (project / "reports" / TASK / stage.MARKDOWN_FILE).read_text()
     assert f"| registered model version | {version} | `MLflow registry, by estimator_sha256` |" in markdown
     assert "| holds the `champion` alias | yes |" in markdown
-    assert f"| MLflow training run | {run_id} |" in markdown
+    # the card says where the run is, never its id or the current HEAD: it must not change when they do
+    assert "| MLflow training run | experiment trd-acute, the version's run" in markdown
+    assert run_id not in markdown
+    assert "rev-parse HEAD" not in markdown
     assert "d" * 40 in markdown
     artifacts = {a.path for a in MlflowClient().list_artifacts(run_id, stage.MLFLOW_ARTIFACT_PATH)}
     assert artifacts == {

@@ -22,8 +22,7 @@ import pipeline.io as pio
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, PipelineError
 from pipeline.io import neutralise_formulas, output_lock, remove_stale_temps
-from tests.conftest import REPO_ROOT
-from tests.test_score import canonical_rows, invoke, save_test_model, write
+from tests.scoring.helpers import canonical_rows, invoke, save_test_model, score_in_background, write
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -249,16 +248,10 @@ def test_only_temporary_files_of_dead_processes_are_removed(tmp_path) -> None:
 def test_second_run_stops_at_once_and_a_killed_run_is_cleaned_up(tmp_path, model_dir, contract) -> None:
     """Run A is scoring; run B into the same output stops at once (exit 7). A is killed with SIGKILL: its
     temporary files stay, named with its pid; run C removes them and writes both outputs."""
-    big = pd.concat([canonical_rows(contract, 2000, seed=s) for s in range(30)], ignore_index=True)
-    big["patient_id"] = [f"P{i:07d}" for i in range(len(big))]
-    source = write(big, tmp_path / "big.csv")
-    out = tmp_path / "s.csv"
-    env = {**os.environ, "TRD_PROJECT_ROOT": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "score", str(source), "-o", str(out), "--model", str(model_dir),
-         "--chunk-size", "500", "--explain"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    process, out = score_in_background(
+        contract, tmp_path, model_dir, "s.csv", pieces=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    source = tmp_path / "big.csv"
     try:
         deadline = time.time() + 90
         while time.time() < deadline and len(list(tmp_path.glob(f".s*.trd-{process.pid}-*.tmp"))) < 2:
@@ -281,7 +274,7 @@ def test_second_run_stops_at_once_and_a_killed_run_is_cleaned_up(tmp_path, model
     code, text = score(source, out, model_dir)
     assert code == 0, text
     assert names(tmp_path) == ["big.csv", "s.csv", "s.rejects.csv"]
-    assert len(pd.read_csv(out)) == len(big)
+    assert len(pd.read_csv(out)) == 30 * 2000
 
 
 # --------------------------------------------------------------------------------------------------------------

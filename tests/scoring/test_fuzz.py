@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.test_score import PREDICTORS, invoke, save_test_model
+from tests.scoring.helpers import PREDICTORS, invoke, save_test_model
 
 SECRET = "ZZSECRET"  # in every patient id: it must never reach stdout or stderr
 CHUNK_SIZES = (1, 7, 1000, 50_000)

@@ -1,6 +1,6 @@
-"""`trd score` readers: awkward but valid files are read correctly; broken ones are refused with exit 3 and a
-message naming the file, row and column, never the row's content; under --engine dask they are listed in
-failed_partitions.csv and the other partitions are scored."""
+"""The scorer's readers (pipeline.scoring.inputs): awkward but valid files are read correctly; broken ones are
+refused with exit 3 and a message naming the file, row and column, never the row's content; under --engine dask
+they are listed in failed_partitions.csv and the other partitions are scored."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.score as score
+import pipeline.scoring.inputs as inputs
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
-from pipeline.score import iter_chunks
-from tests.test_score import canonical_rows, invoke, save_test_model, write
+from pipeline.scoring.inputs import expected_rows, iter_chunks
+from tests.scoring.helpers import canonical_rows, invoke, save_test_model, write
 
 pytestmark = pytest.mark.timeout(300)
 SECRET = "SECRET-ID-4711"  # stands for an identifier or clinical value in a bad row
@@ -56,7 +56,7 @@ def test_other_line_endings_give_the_same_scores(tmp_path, model_dir, contract, 
     lf = write(canonical_rows(contract, 250), tmp_path / "lf.csv")
     other = tmp_path / "other.csv"
     other.write_bytes(lf.read_bytes().replace(b"\n", newline.encode()))
-    assert score._csv_header(other)[1] < 100  # the header is the first line, not the whole file
+    assert inputs._csv_header(other)[1] < 100  # the header is the first line, not the whole file
     assert score_csv(lf, tmp_path / "a.csv", model_dir)[0] == 0
     code, text = score_csv(other, tmp_path / "b.csv", model_dir)
     assert code == 0, text
@@ -67,7 +67,7 @@ def test_other_line_endings_give_the_same_scores(tmp_path, model_dir, contract, 
 def test_header_longer_than_a_block_is_read(tmp_path, model_dir, contract) -> None:
     rows = canonical_rows(contract, 150)
     reference = write(rows, tmp_path / "ref.csv")
-    rows["x" * (score.CSV_BLOCK_SIZE + 1000)] = "extra"  # one column name longer than Arrow's block
+    rows["x" * (inputs.CSV_BLOCK_SIZE + 1000)] = "extra"  # one column name longer than Arrow's block
     code, text = score_csv(write(rows, tmp_path / "in.csv"), tmp_path / "b.csv", model_dir)
     assert code == 0, text
     assert score_csv(reference, tmp_path / "a.csv", model_dir)[0] == 0
@@ -79,11 +79,11 @@ def test_a_row_longer_than_a_block_is_read_and_chunks_stay_bounded(tmp_path, mod
     rows = canonical_rows(contract, 400).astype(object)
     reference = write(rows, tmp_path / "ref.csv")
     rows["notes"] = ""
-    rows.loc[250, "notes"] = "n" * (3 * score.CSV_BLOCK_SIZE)  # Arrow: "straddling object"
+    rows.loc[250, "notes"] = "n" * (3 * inputs.CSV_BLOCK_SIZE)  # Arrow: "straddling object"
     source = write(rows, tmp_path / "in.csv")
     sizes = [len(chunk) for chunk in iter_chunks(source, chunk_size)]
     assert sum(sizes) == 400
-    assert max(sizes) <= chunk_size + score.CSV_BLOCK_SIZE // 40  # still about chunk_size rows at a time
+    assert max(sizes) <= chunk_size + inputs.CSV_BLOCK_SIZE // 40  # still about chunk_size rows at a time
     code, text = score_csv(source, tmp_path / "b.csv", model_dir, chunk_size)
     assert code == 0, text
     assert score_csv(reference, tmp_path / "a.csv", model_dir, chunk_size)[0] == 0
@@ -91,10 +91,10 @@ def test_a_row_longer_than_a_block_is_read_and_chunks_stay_bounded(tmp_path, mod
 
 
 def test_a_row_longer_than_the_largest_block_is_refused(tmp_path, model_dir, contract, monkeypatch) -> None:
-    monkeypatch.setattr(score, "CSV_MAX_BLOCK_SIZE", 4 * score.CSV_BLOCK_SIZE)  # a small cap keeps the test fast
+    monkeypatch.setattr(inputs, "CSV_MAX_BLOCK_SIZE", 4 * inputs.CSV_BLOCK_SIZE)  # a small cap keeps the test fast
     rows = canonical_rows(contract, 300).astype(object)
     rows["notes"] = ""
-    rows.loc[200, "notes"] = SECRET * (10 * score.CSV_BLOCK_SIZE // len(SECRET))  # over twice the cap
+    rows.loc[200, "notes"] = SECRET * (10 * inputs.CSV_BLOCK_SIZE // len(SECRET))  # over twice the cap
     source = write(rows, tmp_path / "in.csv")
     code, text = score_csv(source, tmp_path / "o.csv", model_dir)
     assert_refused(code, text, tmp_path, ["in.csv"], "in.csv", "longer than 2 MB", "what to do")
@@ -137,7 +137,7 @@ def test_unparsable_row_is_named_by_row_and_column_not_content(
 
 def test_arrow_messages_are_scrubbed_of_row_text() -> None:
     """Any Arrow CSV message: what follows Arrow's own words (a quoted row) is dropped; the row number kept."""
-    error = score._csv_error(
+    error = inputs._csv_error(
         f"CSV parse error: Row #12: Some new problem: {SECRET},1,2", Path("in.csv"), ["patient_id", "age"]
     )
     assert error.row == 11
@@ -250,3 +250,31 @@ def test_dask_lists_unreadable_partitions_and_scores_the_others(
     scored = pd.read_parquet(out / "scored")
     assert sorted(scored["source_file"].unique()) == ["a-good.csv", "b-cr.csv"]
     assert len(scored) == 300
+
+
+def test_csv_chunks_hold_chunk_size_rows_whatever_the_row_width(tmp_path, contract) -> None:
+    """Memory is bounded by --chunk-size in rows: Arrow's fixed-size blocks are gathered to that many rows."""
+    rows = canonical_rows(contract, 60_000, seed=3)
+    rows["patient_id"] = [f"P{i:07d}" for i in range(len(rows))]
+    source = write(rows, tmp_path / "in.csv")
+    sizes = [len(chunk) for chunk in iter_chunks(source, 20_000)]
+    assert sum(sizes) == len(rows)
+    assert len(sizes) >= 2
+    # each chunk but the last reaches chunk_size and overshoots by less than one Arrow block (rows >= 40 bytes)
+    assert all(20_000 <= n < 20_000 + 2**19 // 40 for n in sizes[:-1])
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_expected_rows_is_exact_for_parquet_and_close_for_csv(tmp_path, contract, suffix: str) -> None:
+    """The progress bar's total: Parquet's footer count; for CSV the first MiB's line breaks scaled to the size."""
+    rows = canonical_rows(contract, 30_000, seed=4)
+    total, estimated = expected_rows(write(rows, tmp_path / f"in{suffix}"))
+    assert estimated == (suffix == ".csv")
+    assert total is not None
+    assert abs(total - 30_000) <= (0 if suffix == ".parquet" else 30_000 * 0.05)  # CSV: within 5 %
+
+
+def test_expected_rows_is_unknown_without_line_breaks(tmp_path) -> None:
+    source = tmp_path / "one_line.csv"
+    source.write_bytes(b"patient_id,age")
+    assert expected_rows(source) == (None, True)

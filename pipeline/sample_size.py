@@ -1,4 +1,20 @@
-"""Minimum sample size for developing a prediction model of a binary outcome (Riley et al.)."""
+"""Minimum sample size for developing a binary-outcome prediction model (Riley et al.), and the gate the train
+stage applies before any fitting.
+
+Pure: numbers in, numbers out (no I/O, no logging). :func:`riley_sample_size` gives the three criteria of Riley et
+al. (shrinkage >= 0.9, optimism in Nagelkerke R² <= 0.05, overall risk within ±0.05); :func:`check_sample_size`
+applies them to a development cohort (its size, its events, the task's candidate parameters and an anticipated C
+statistic declared in params) and :func:`gate_message` says what to do when it is too small. The model card's
+sample-size section imports the same functions.
+
+References
+----------
+* Riley RD, Ensor J, Snell KIE, et al. Calculating the sample size required for developing a clinical prediction
+  model. BMJ 2020;368:m441; Riley RD, Snell KIE, Ensor J, et al. Stat Med 2019;38:1276-96 (Part II).
+* Riley RD, Van Calster B, Collins GS. A note on estimating the Cox-Snell R² from a reported C statistic (AUROC)
+  to inform sample size calculations for developing a prediction model with a binary outcome. Stat Med
+  2021;40:859-64.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +25,21 @@ import numpy as np
 from scipy import special, stats
 
 from pipeline.errors import ConfigError
-from pipeline.metrics.inputs import _check_positive_int
 
-# --------------------------------------------------------------------------------------------------------------
-# Minimum sample size for model development (Riley et al.)
-# --------------------------------------------------------------------------------------------------------------
+__all__ = [
+    "RileySampleSize",
+    "SampleSizeCheck",
+    "check_sample_size",
+    "gate_message",
+    "r2_cox_snell_from_c_statistic",
+    "riley_sample_size",
+]
+
+
+def _check_positive_int(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ConfigError(f"'{name}' must be an integer >= 1, got {value!r}")
+
 
 # Gauss–Hermite (probabilists') nodes for E[f(Z)], Z ~ N(0, 1). The integrands below are smooth (log-sigmoids of
 # a linear function), so 200 nodes give R²cs to ~1e-12.
@@ -147,3 +173,107 @@ def riley_sample_size(
         parameters=int(parameters),
         prevalence=float(prevalence),
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the gate: a development cohort against the Riley minimum
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SampleSizeCheck:
+    """A development cohort against the Riley minimum for its task.
+
+    Attributes:
+        n, events: the development cohort's patients and responders.
+        parameters: the task's candidate predictor parameters (design columns of the feature matrix).
+        anticipated_c: the C statistic declared in params.
+        riley: the criteria at the cohort's prevalence; None when they are undefined (no events or no non-events).
+        passed: n >= riley.n.
+        events_per_parameter: events / parameters in the cohort itself.
+        reason: why the criteria are undefined, if they are.
+    """
+
+    n: int
+    events: int
+    parameters: int
+    anticipated_c: float
+    riley: RileySampleSize | None
+    passed: bool
+    events_per_parameter: float
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, float | int | bool | str | None]:
+        """JSON-ready numbers (cv_metrics.json, the model card)."""
+        riley = self.riley
+        return {
+            "n": self.n,
+            "events": self.events,
+            "parameters": self.parameters,
+            "prevalence": self.events / self.n if self.n else None,
+            "anticipated_c": self.anticipated_c,
+            "events_per_parameter": self.events_per_parameter,
+            "passed": self.passed,
+            "minimum_n": riley.n if riley else None,
+            "minimum_events": riley.events if riley else None,
+            "minimum_events_per_parameter": riley.epp if riley else None,
+            "n_shrinkage": riley.n_shrinkage if riley else None,
+            "n_r2_difference": riley.n_r2_difference if riley else None,
+            "n_overall_risk": riley.n_overall_risk if riley else None,
+            "r2_cs": riley.r2_cs if riley else None,
+            "reason": self.reason,
+        }
+
+
+def check_sample_size(
+    *,
+    n: int,
+    events: int,
+    parameters: int,
+    anticipated_c: float,
+    shrinkage: float = 0.9,
+    r2_difference: float = 0.05,
+    risk_margin: float = 0.05,
+) -> SampleSizeCheck:
+    """Whether ``n`` patients with ``events`` responders meet the Riley minimum for ``parameters`` candidate
+    parameters and an anticipated C statistic, at the cohort's own prevalence."""
+    _check_positive_int(parameters, "parameters")
+    if n < 0 or not 0 <= events <= n:
+        raise ConfigError(f"inconsistent counts: {events} events among {n} patients")
+    epp = events / parameters
+    if events in (0, n):
+        reason = f"{events} responders among {n} patients: an outcome prevalence of 0 or 1 leaves nothing to predict"
+        return SampleSizeCheck(n, events, parameters, anticipated_c, None, False, epp, reason)
+    riley = riley_sample_size(
+        parameters=parameters,
+        prevalence=events / n,
+        c_statistic=anticipated_c,
+        shrinkage=shrinkage,
+        r2_difference=r2_difference,
+        risk_margin=risk_margin,
+    )
+    return SampleSizeCheck(n, events, parameters, anticipated_c, riley, n >= riley.n, epp)
+
+
+def gate_message(check: SampleSizeCheck, *, cohort: str, task: str) -> str:
+    """One paragraph for a cohort below the minimum: the numbers and what to do."""
+    have = (
+        f"the development cohort '{cohort}' has {check.n} patients with a known outcome and {check.events} "
+        f"responders ({check.events_per_parameter:.2f} events per candidate parameter, {check.parameters} "
+        f"parameters for task {task})"
+    )
+    if check.riley is None:
+        return f"{have}; {check.reason}"
+    r = check.riley
+    return (
+        f"{have}; the Riley et al. minimum for an anticipated C statistic of {check.anticipated_c:g} at prevalence "
+        f"{r.prevalence:.3f} is {r.n} patients ({r.events:.0f} responders, {r.epp:.1f} events per parameter; "
+        f"criteria: shrinkage {r.n_shrinkage}, optimism in R² {r.n_r2_difference}, overall risk {r.n_overall_risk})"
+    )
+
+
+GATE_HINT = (
+    "add patients (or pool cohorts: split.training_cohort takes a list), reduce the task's candidate predictors "
+    "(tasks.<task>.exclude_predictors), or, knowing the model will be overfitted, set "
+    "train.sample_size.override: true (the model card then says 'underpowered')"
+)

@@ -1,88 +1,31 @@
-"""`trd score` and `trd validate`: happy paths, every kind of bad input, atomic outputs, the model checks."""
+"""`trd score` on one file (the local engine): happy paths, every kind of bad input, atomic outputs, the model
+checks."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
-from pipeline.features import FeatureSpec, build_features, training_ranges
-from pipeline.model import feature_signature, load_bundle, save_bundle
-from pipeline.score import SeenIds, iter_chunks
-from pipeline.train import make_estimator
+from pipeline.features import build_features
+from pipeline.model import load_bundle
 from tests.conftest import REPO_ROOT
-
-runner = CliRunner()
-PREDICTORS = ("age", "sex", "bmi", "madrs_baseline", "route", "family_history_aud", "benzodiazepine_mg_deq")
-
-
-def canonical_rows(contract: CohortContract, n: int, seed: int = 0) -> pd.DataFrame:
-    """Patients in the canonical input layout, as a clinic would export them (text codes)."""
-    rng = np.random.default_rng(seed)
-    return pd.DataFrame(
-        {
-            "patient_id": [f"P{i:05d}" for i in range(n)],
-            "age": rng.integers(18, 80, n).astype(float),
-            "sex": rng.choice(["F", "M", "female", "Male"], n),
-            "bmi": rng.normal(28, 4, n).clip(16, 50).round(1),
-            "madrs_baseline": rng.integers(20, 50, n).astype(float),
-            "route": rng.choice(["iv_racemic", "intranasal_esketamine", "oral"], n),
-            "family_history_aud": rng.choice(["yes", "no", "1", "0"], n),
-            "benzodiazepine_mg_deq": rng.choice([0.0, 5.0, 10.0], n),
-        }
-    )
-
-
-def save_test_model(
-    contract: CohortContract,
-    folder: Path,
-    logit: Callable[[pd.DataFrame], pd.Series],
-    scoring_rule: dict | None = None,
-) -> Path:
-    """A small XGBoost model in this pipeline's bundle format, trained on canonical rows whose outcome follows
-    ``logit(features)``; shared with the Dask tests. Its scoring rule requires madrs_baseline and allows up to 5
-    of the 7 predictors missing (``scoring_rule`` replaces it); its training ranges come from its training rows."""
-    from pipeline.harmonise import harmonise, rules_from_tabular_spec
-    from pipeline.scales import load_scale_conversions
-    from pipeline.score import canonical_format
-    from pipeline.sources.tabular import stage_tabular
-
-    spec = FeatureSpec.from_columns("acute", "response_acute", [contract.column(c) for c in PREDICTORS])
-    fmt = canonical_format(contract)
-    staged = stage_tabular(
-        canonical_rows(contract, 500, seed=1), fmt, "train.csv", required=["patient_id", *PREDICTORS]
-    )
-    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
-    cohort = harmonise(staged.rows, rules_from_tabular_spec(fmt, constants={"cohort": "synthetic"}), contract, scales)
-    X = build_features(cohort.cohort, spec)
-    y = (np.random.default_rng(2).random(len(X)) < 1 / (1 + np.exp(-logit(X)))).astype(int)
-    estimator = make_estimator("xgboost", seed=0).set_params(n_estimators=30, max_depth=2).fit(X, y)
-    info = {
-        "task": "acute", "target": "response_acute", "candidate": "xgboost", "calibration": "none",
-        "risk_bands": [{"name": "low", "upper": 0.3}, {"name": "intermediate", "upper": 0.5},
-                       {"name": "high", "upper": 1.0}],
-        "training_data_sha256": "0" * 64, "n_train": len(X), "registered_model_name": "trd-acute",
-        "package_version": "test",
-        "scoring_rule": scoring_rule or {"required_predictors": ["madrs_baseline"], "max_missing_fraction": 0.75},
-        "training_ranges": training_ranges(X, spec),
-    }  # fmt: skip
-    save_bundle(
-        folder, estimator=estimator, feature_spec=spec, info_fields=info,
-        signature=feature_signature(list(X.columns)), input_example=X.head(3),
-    )  # fmt: skip
-    return folder
+from tests.scoring.helpers import (
+    PREDICTORS,
+    canonical_layout,
+    canonical_rows,
+    invoke,
+    save_test_model,
+    score_in_background,
+    write,
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +34,6 @@ def model_dir(tmp_path_factory, contract: CohortContract) -> Path:
         return 0.08 * (X["bmi"] - 28) - 0.05 * X["benzodiazepine_mg_deq"]
 
     return save_test_model(contract, tmp_path_factory.mktemp("model") / "acute", logit)
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args))
-    return result.exit_code, result.output + (result.stderr if result.stderr_bytes else "")
-
-
-def write(frame: pd.DataFrame, path: Path) -> Path:
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False)
-    return path
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -126,13 +56,12 @@ def test_scores_equal_the_training_path(tmp_path, model_dir, contract) -> None:
     """One code path: the CLI's probability equals features built and predicted the way training does."""
     from pipeline.harmonise import harmonise, rules_from_tabular_spec
     from pipeline.scales import load_scale_conversions
-    from pipeline.score import canonical_format
     from pipeline.sources.tabular import stage_tabular
 
     rows = canonical_rows(contract, 40, seed=9)
     out = tmp_path / "scores.csv"
     assert invoke("score", str(write(rows, tmp_path / "in.csv")), "-o", str(out), "--model", str(model_dir))[0] == 0
-    fmt = canonical_format(contract)
+    fmt = canonical_layout(contract)
     scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
     staged = stage_tabular(rows.astype(str), fmt, "x", required=["patient_id", *PREDICTORS])
     rules = rules_from_tabular_spec(fmt, constants={"cohort": "scoring_input"})
@@ -283,16 +212,9 @@ def test_tampered_model_is_refused(tmp_path, model_dir, contract) -> None:
 
 def test_interrupted_run_leaves_no_output(tmp_path, model_dir, contract) -> None:
     """A SIGTERM mid-run (as `kill` sends) leaves neither the output nor the rejects file."""
-    big = pd.concat([canonical_rows(contract, 2000, seed=s) for s in range(40)], ignore_index=True)
-    big["patient_id"] = [f"P{i:07d}" for i in range(len(big))]
-    source = write(big, tmp_path / "big.csv")
-    out = tmp_path / "scores.csv"
-    env = {**os.environ, "TRD_PROJECT_ROOT": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "score", str(source), "-o", str(out), "--model", str(model_dir),
-         "--chunk-size", "500", "--explain"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    process, _ = score_in_background(
+        contract, tmp_path, model_dir, "scores.csv", pieces=40, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 60
     while time.time() < deadline and not any(p.name.startswith(".scores.csv.") for p in tmp_path.iterdir()):
         time.sleep(0.05)
@@ -301,37 +223,3 @@ def test_interrupted_run_leaves_no_output(tmp_path, model_dir, contract) -> None
     process.wait(timeout=60)
     assert process.returncode != 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
-
-
-def test_validate_reports_without_scoring(tmp_path, model_dir, contract) -> None:
-    rows = canonical_rows(contract, 10).astype(object)
-    rows.loc[2, "sex"] = "x"
-    source = write(rows, tmp_path / "in.csv")
-    code, text = invoke("validate", str(source), "--model", str(model_dir))
-    assert code == ExitCode.ROWS_REJECTED
-    assert "10 rows, 9 valid, 1 would be rejected" in text
-    assert "unknown_code: 1" in text
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
-
-
-def test_csv_chunks_hold_chunk_size_rows_whatever_the_row_width(tmp_path, contract) -> None:
-    """Memory is bounded by --chunk-size in rows: Arrow's fixed-size blocks are gathered to that many rows."""
-    rows = canonical_rows(contract, 60_000, seed=3)
-    rows["patient_id"] = [f"P{i:07d}" for i in range(len(rows))]
-    source = write(rows, tmp_path / "in.csv")
-    sizes = [len(chunk) for chunk in iter_chunks(source, 20_000)]
-    assert sum(sizes) == len(rows)
-    assert len(sizes) >= 2
-    # each chunk but the last reaches chunk_size and overshoots by less than one Arrow block (rows >= 40 bytes)
-    assert all(20_000 <= n < 20_000 + 2**19 // 40 for n in sizes[:-1])
-
-
-def test_seen_ids_find_every_earlier_id() -> None:
-    seen = SeenIds()
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 2**63, 1000, dtype=np.uint64) for _ in range(20)]
-    for batch in batches:
-        seen.add(batch)
-    assert seen.contains(np.concatenate(batches)).all()
-    assert not seen.contains(rng.integers(0, 2**63, 1000, dtype=np.uint64)).any()
-    assert len(seen.levels) <= 6

@@ -20,7 +20,7 @@ from pipeline.errors import ConfigError, ExitCode
 from pipeline.features import ScoringRule, insufficient_data
 from pipeline.model import MANIFEST_FILE, load_bundle
 from pipeline.tasks import TaskSpec, task_predictors
-from tests.test_score import PREDICTORS, invoke, runner, save_test_model, write
+from tests.scoring.helpers import PREDICTORS, invoke, runner, save_test_model, write
 
 SECRET = "ZZSECRET"  # in every patient id: it must never reach the messages
 FULL = {

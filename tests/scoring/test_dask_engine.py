@@ -25,17 +25,12 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, ModelError, PipelineError
-from pipeline.score import ScoringContext, build_context, score_file
-from pipeline.score_dask import (
-    FAILED_FILE,
-    MANIFEST_FILE,
-    discover_partitions,
-    model_on_workers,
-    plugin_for,
-    score_dataset,
-)
+from pipeline.scoring import ScoringContext, build_context, score_file
+from pipeline.scoring.dask_engine import score_dataset
+from pipeline.scoring.partitions import FAILED_FILE, MANIFEST_FILE, discover_partitions
+from pipeline.scoring.plugin import model_on_workers, plugin_for
 from tests.conftest import REPO_ROOT
-from tests.test_score import canonical_rows, save_test_model
+from tests.scoring.helpers import canonical_rows, save_test_model
 
 distributed = pytest.importorskip("distributed")
 pytestmark = pytest.mark.timeout(180)
@@ -344,7 +339,7 @@ def test_interrupted_job_leaves_the_destination_as_it_was(
     tmp_path, model_dir, contract, cluster, client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C after the first partition: no staging folder remains and an earlier output is untouched."""
-    import pipeline.score_dask as engine
+    import pipeline.scoring.dask_engine as engine
 
     partitioned_input(tmp_path / "in", contract)
     ctx = make_ctx(model_dir)
