@@ -19,6 +19,7 @@ from pipeline.report import analysis, facts_explain, facts_results, facts_setup,
 from pipeline.report.format import codes, md_code, slug
 from pipeline.report.inputs import EXTERNAL_COHORT, CardInputs
 from pipeline.report.tables import plain
+from pipeline.tasks import risk_band_label
 
 HERE = Path(__file__).parent
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -66,10 +67,17 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
     champion, spec, target = inputs.champion, inputs.task_spec, inputs.target
     check = analysis.sample_size_check(inputs)
     external = bool(inputs.external_report().get("available"))
+    outcome, wording = spec.outcome, static_data("outcomes")
+    subject = (
+        "response to ketamine"
+        if outcome.wording == "probability of response"
+        else f"the {outcome.wording} with ketamine"
+    )
+    new_columns = {spec.target, *inputs.feature_spec.input_columns} & set(wording["new_columns"])
     return {
         "task": inputs.task,
         "title": (
-            f"Model card: {inputs.registered_name}, a machine-learning model of response to ketamine in "
+            f"Model card: {inputs.registered_name}, a machine-learning model of {subject} in "
             f"treatment-resistant depression (task {inputs.task}; {inputs.development_name} development data"
             + ("; underpowered)" if inputs.underpowered else ")")
         ),
@@ -88,6 +96,17 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
             "target": spec.target,
             "exclude_predictors": list(spec.exclude_predictors),
         },
+        "vocab": {
+            **outcome.model_dump(),
+            "decision": wording["decisions"][outcome.kind],
+            "rule": wording["outcome_rules"].get(target.name, wording["outcome_rules"]["response"]),
+            "older_adults": wording["older_adults"].get(spec.target, wording["older_adults_default"]),
+            "risk_band_high": risk_band_label(outcome, "high"),
+        },
+        "population": None
+        if spec.population is None
+        else {"description": spec.population.description, "column": spec.population.column},
+        "new_columns": codes(sorted(new_columns)) if new_columns else None,
         "target": {"name": target.name, "description": target.description.rstrip("."), "timing": str(target.timing)},
         "timing_order": codes(TIMING_ORDER),
         "routes": codes(inputs.contract.column("route").levels or ()),

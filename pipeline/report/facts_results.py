@@ -138,7 +138,7 @@ def performance(inputs: CardInputs, names_of: dict[str, str]) -> dict[str, Any]:
     champion = Keyed("measure (test split)", level)
     champion.number("AUROC", m, "test.auroc", 3, interval=True)
     champion.number("AUPRC (average precision)", m, "test.auprc", 3, interval=True)
-    champion.number("prevalence (observed response rate)", m, "test.prevalence", 3)
+    champion.number(f"prevalence (observed {inputs.task_spec.outcome.rate})", m, "test.prevalence", 3)
     champion.number("mean predicted probability", m, "test.mean_predicted", 3)
     champion.number("observed − expected (risk scale)", m, "test.observed_minus_expected", 3)
     champion.number(
@@ -219,7 +219,7 @@ def decision(inputs: CardInputs) -> dict[str, Any] | None:
             ("specificity", "specificity", 3),
             ("ppv", "PPV", 3),
             ("npv", "NPV", 3),
-            ("nne", "flagged per responder (1/PPV)", 2),
+            ("nne", f"flagged per one of the {inputs.task_spec.outcome.events} (1/PPV)", 2),
             ("net_benefit", "net benefit", 3),
         ],
     )
@@ -236,9 +236,10 @@ def decision(inputs: CardInputs) -> dict[str, Any] | None:
 def subgroups(inputs: CardInputs) -> dict[str, Any] | None:
     if not inputs.held_out:
         return None
+    vocab = inputs.task_spec.outcome
     table = Keyed("suppression")
     table.number(
-        "cells with fewer patients, responders or non-responders than this are suppressed",
+        f"cells with fewer patients, {vocab.events} or {vocab.non_events} than this are suppressed",
         inputs.evaluation,
         "subgroups.min_cell",
         0,
@@ -250,8 +251,8 @@ def subgroups(inputs: CardInputs) -> dict[str, Any] | None:
             ("group", "group", None),
             ("level", "level", None),
             ("n", "patients", 0),
-            ("events", "responders", 0),
-            ("event_rate", "response rate", 3),
+            ("events", vocab.events, 0),
+            ("event_rate", vocab.rate, 3),
             ("mean_predicted", "mean predicted", 3),
             ("auroc", "AUROC", 3),
             ("o_minus_e", "observed − expected", 3),

@@ -71,7 +71,7 @@ def summary(inputs: CardInputs) -> dict[str, Any]:
     m, cv, held_out = inputs.metrics, inputs.cv, inputs.held_out
     table = Keyed("measure", level_header(inputs.level))
     table.number("training patients (development data)", cv, "n_train", 0)
-    table.number("training responders", cv, "events_train", 0)
+    table.number(f"training {inputs.task_spec.outcome.events}", cv, "events_train", 0)
     if cv.get("protocol.sample_size.minimum_n") is not None:
         table.number("Riley minimum sample size (declared C, before fitting)", cv, "protocol.sample_size.minimum_n", 0)
     internal = m.get("internal_validation") is not None
@@ -88,7 +88,7 @@ def summary(inputs: CardInputs) -> dict[str, Any]:
             table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
     if held_out:
         table.number("test patients", m, "test.n", 0)
-        table.number("test responders", m, "test.events", 0)
+        table.number(f"test {inputs.task_spec.outcome.events}", m, "test.events", 0)
     if m.get("oracle") is not None:
         table.number(
             "AUROC of the generating probability (ceiling; knows the site), same test patients",
@@ -181,13 +181,18 @@ def flow(inputs: CardInputs) -> dict[str, Any]:
             table.number(f"{cohort}: converted scores capped at the MADRS maximum", cleaning, capped, 0)
         if cleaning.get(f"{prefix}.outcomes.{target}") is not None:
             table.number(f"{cohort}: with a known `{target}`", cleaning, f"{prefix}.outcomes.{target}.known", 0)
-            table.number(f"{cohort}: of whom responders", cleaning, f"{prefix}.outcomes.{target}.positive", 0)
+            table.number(
+                f"{cohort}: of whom {inputs.task_spec.outcome.events}",
+                cleaning,
+                f"{prefix}.outcomes.{target}.positive",
+                0,
+            )
         if cohort == inputs.development[-1]:  # after the last development cohort: the split of the pooled rows
             table.number("training split: patients", split, "train.n", 0)
-            table.number("training split: responders", split, "train.events", 0)
+            table.number(f"training split: {inputs.task_spec.outcome.events}", split, "train.events", 0)
             if inputs.held_out:
                 table.number("test split: patients", split, "test.n", 0)
-                table.number("test split: responders", split, "test.events", 0)
+                table.number(f"test split: {inputs.task_spec.outcome.events}", split, "test.events", 0)
         if cohort == EXTERNAL_COHORT and m.get("external.negative_control") is not None:
             table.number(
                 f"{cohort}: with a known saline (negative-control) outcome", m, "external.negative_control.n", 0
@@ -257,7 +262,7 @@ def sample_size(inputs: CardInputs) -> dict[str, Any]:
         f"number of feature columns in {inputs.feature_spec_path}",
     )
     table.number("training patients n", inputs.cv, "n_train", 0)
-    table.number("training responders", inputs.cv, "events_train", 0)
+    table.number(f"training {inputs.task_spec.outcome.events}", inputs.cv, "events_train", 0)
     table.computed("training prevalence φ", check.prevalence, 3, "events_train / n_train")
     if check.c_from_params:
         table.number("anticipated C statistic (stated)", inputs.params_file, "report.anticipated_c", 3)
@@ -271,7 +276,7 @@ def sample_size(inputs: CardInputs) -> dict[str, Any]:
         table.computed("criterion 2: n for an optimism in Nagelkerke R² of at most 0.05", riley.n_r2_difference, 0, how)
         table.computed("criterion 3: n for the overall risk within 0.05", riley.n_overall_risk, 0, how)
         table.computed("minimum sample size (the largest of the three)", riley.n, 0, how)
-        table.computed("responders expected at the minimum size", riley.events, 1, how)
+        table.computed(f"{inputs.task_spec.outcome.events} expected at the minimum size", riley.events, 1, how)
         table.computed("events per candidate parameter at the minimum size", riley.epp, 1, how)
         observed_epp = check.events_train / check.parameters
         table.computed("events per candidate parameter in the training split", observed_epp, 1, "events_train / P")

@@ -11,14 +11,14 @@ from pipeline.report.inputs import CardInputs
 
 
 def discrimination(inputs: CardInputs) -> str:
-    m, split = inputs.metrics, f"the {inputs.development_name} test split"
+    m, split, vocab = inputs.metrics, f"the {inputs.development_name} test split", inputs.task_spec.outcome
     return interval_reading(
         m.get("test.auroc_lower"),
         m.get("test.auroc_upper"),
         0.5,
         below=f"the champion ranks the patients of {split} worse than chance (its AUROC interval lies below 0.5)",
         inside=f"the champion cannot be distinguished from chance on {split} (its AUROC interval includes 0.5)",
-        above=f"the champion ranks responders above non-responders better than chance on {split} (its AUROC "
+        above=f"the champion ranks {vocab.events} above {vocab.non_events} better than chance on {split} (its AUROC "
         "interval lies above 0.5)",
         missing="the test AUROC has no interval, so it cannot be interpreted",
     )
@@ -93,7 +93,7 @@ def internal(inputs: CardInputs) -> str:
 
 
 def calibration(inputs: CardInputs) -> str:
-    m = inputs.metrics
+    m, rate = inputs.metrics, inputs.task_spec.outcome.rate
     slope = interval_reading(
         m.get("test.calibration_slope_lower"),
         m.get("test.calibration_slope_upper"),
@@ -107,9 +107,9 @@ def calibration(inputs: CardInputs) -> str:
         m.get("test.calibration_in_the_large_lower"),
         m.get("test.calibration_in_the_large_upper"),
         0.0,
-        below="calibration-in-the-large lies below 0: on average the model over-predicts response",
+        below=f"calibration-in-the-large lies below 0: on average the model over-predicts the {rate}",
         inside="calibration-in-the-large includes 0: the average predicted probability matches the observed rate",
-        above="calibration-in-the-large lies above 0: on average the model under-predicts response",
+        above=f"calibration-in-the-large lies above 0: on average the model under-predicts the {rate}",
         missing="calibration-in-the-large has no interval",
     )
     return f"{slope}; {in_the_large}"
