@@ -145,6 +145,15 @@ def configure(project_root: Path, experiment: str) -> str:
     return uri
 
 
+def find_model_version(registered_name: str, estimator_sha256: str, *, with_run: bool = False) -> Any | None:
+    """The newest registered version of ``registered_name`` whose estimator hash matches (with a run, if asked)."""
+    from mlflow import MlflowClient  # noqa: PLC0415
+
+    versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
+    matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and (v.run_id or not with_run)]
+    return max(matches, key=lambda v: int(v.version)) if matches else None
+
+
 def model_descriptions(trained: Any, task_description: str) -> tuple[str, str]:
     """(registered model, version) descriptions from a TrainedTask: what it predicts, how to call it, what won.
 
@@ -177,18 +186,14 @@ def describe_model(name: str, version: str, trained: Any, task_description: str)
 
 def find_training_run(registered_name: str, estimator_sha256: str) -> str | None:
     """Run id of the newest registered version of ``registered_name`` whose estimator hash matches, if any."""
-    from mlflow import MlflowClient  # noqa: PLC0415
     from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     try:
-        versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
+        version = find_model_version(registered_name, estimator_sha256, with_run=True)
     except MlflowException as exc:
         log.warning("MLflow registry search for %s failed: %s", registered_name, exc)
         return None
-    matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and v.run_id]
-    if not matches:
-        return None
-    return max(matches, key=lambda v: int(v.version)).run_id
+    return None if version is None else version.run_id
 
 
 def training_run_to_extend(project_root: Path, task_name: str, estimator_sha256: str, what: str) -> str | None:
@@ -231,20 +236,33 @@ def run_tags(project_root: Path) -> dict[str, str]:
     return tags
 
 
-def dvc_lock_hashes(project_root: Path, stage_prefix: str) -> dict[str, str]:
-    """Data hashes DVC recorded for the outputs of stages whose name starts with ``stage_prefix``."""
+def _lock_stages(project_root: Path) -> dict[str, Any]:
     import yaml  # noqa: PLC0415
 
     lock = project_root / "dvc.lock"
     if not lock.is_file():
         return {}
-    stages = (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+
+
+def dvc_lock_hashes(project_root: Path, stage_prefix: str) -> dict[str, str]:
+    """Data hashes DVC recorded for the outputs of stages whose name starts with ``stage_prefix``."""
     hashes = {}
-    for name, stage in stages.items():
+    for name, stage in _lock_stages(project_root).items():
         if name.startswith(stage_prefix):
             for out in stage.get("outs", []):
                 hashes[out["path"]] = out.get("md5", "")
     return hashes
+
+
+def dvc_lock_outs(project_root: Path, stage_names: list[str]) -> list[tuple[str, str, str]]:
+    """(stage, output path, md5) DVC recorded for exactly these stages, in the order given; [] without dvc.lock."""
+    stages = _lock_stages(project_root)
+    return [
+        (name, str(out.get("path")), str(out.get("md5", "")))
+        for name in stage_names
+        for out in (stages.get(name) or {}).get("outs", [])
+    ]
 
 
 def gate_decision(metrics: dict[str, float], min_auroc_lower: float, slope_range: tuple[float, float]) -> list[str]:

@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.report.fixtures import check_card_data
 from tests.test_adding_a_cohort import BIN, MIRROR, add_clean_dep, run
 from tests.test_end_to_end import SMALL
-from tests.test_report import check_card, md_tables
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,20 @@ def registry(root: Path, env: dict[str, str]) -> dict[str, object]:
     return json.loads(run([str(BIN / "python"), "-c", script], root, env).stdout.strip().splitlines()[-1])
 
 
-def tables_have_rows(markdown: str) -> None:
-    for table in md_tables(markdown):
-        assert table["rows"], f"empty table with header {table['header']}"
+def tables_have_rows(node: object) -> None:
+    """Every table in card_data has rows."""
+    if isinstance(node, dict):
+        if node.get("kind") in ("keyed", "grid", "plain"):
+            assert node["rows"], f"empty table with header {node['header']}"
+        for child in node.values():
+            tables_have_rows(child)
+    elif isinstance(node, list):
+        for child in node:
+            tables_have_rows(child)
+
+
+def card_data(root: Path) -> dict:
+    return json.loads((root / "reports/acute/card_data.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
@@ -160,8 +171,8 @@ def test_the_card_names_the_clinic_cohort_and_checks_out(project) -> None:
     assert "Developed and tested on synthetic patients" not in markdown
     assert "underpowered" not in markdown.lower()
     assert "external patients (synthetic)" in markdown
-    tables_have_rows(markdown)
-    assert check_card(markdown, root)["checked"] > 200
+    tables_have_rows(card_data(root))
+    assert check_card_data(card_data(root), root)["checked"] > 200
 
 
 def test_the_real_cohort_stops_at_the_gate_and_trains_underpowered_with_the_override(project) -> None:
@@ -185,8 +196,8 @@ def test_the_real_cohort_stops_at_the_gate_and_trains_underpowered_with_the_over
     markdown = (root / "reports/acute/model_card.md").read_text(encoding="utf-8")
     assert "underpowered" in markdown.splitlines()[0]
     assert "**Underpowered.** Developed on 27 patients with 6 responders" in markdown
-    tables_have_rows(markdown)
-    check_card(markdown, root)
+    tables_have_rows(card_data(root))
+    check_card_data(card_data(root), root)
     models = registry(root, env)
     assert models["trd-acute-ds005917"]["champion"] is None  # an underpowered model never takes the alias
     assert models["trd-acute"]["champion"] == 1

@@ -209,16 +209,19 @@ def test_the_train_stage_refuses_a_typo_before_reading_data(project_root: Path) 
     assert "madrs_baseline" in str(error.value)
 
 
-def test_every_task_requires_the_baseline_depression_score(contract: CohortContract) -> None:
+def test_every_benefit_task_requires_the_baseline_depression_score(contract: CohortContract) -> None:
+    """Response is defined from madrs_baseline; a harm task (blood-pressure event) needs its own predictors."""
     from pipeline.params import parse_section, read_params_file
     from pipeline.tasks import TasksParams
     from tests.conftest import REPO_ROOT
 
     tasks = parse_section(TasksParams, read_params_file(REPO_ROOT / "params.yaml"), "tasks", "params.yaml")
     for name, task in tasks.root.items():
-        assert "madrs_baseline" in task.scoring.required_predictors, name
+        if task.outcome is None or task.outcome.kind == "benefit":
+            assert "madrs_baseline" in task.scoring.required_predictors, name
         task_predictors(task, contract, name)  # every rule names predictors of its task
     assert "madrs_24h" in tasks.get("course_early").scoring.required_predictors
+    assert {"sbp_baseline", "route"} <= set(tasks.get("safety_first_session").scoring.required_predictors)
 
 
 def test_help_documents_the_columns_the_reason_and_the_manifest() -> None:
