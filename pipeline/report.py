@@ -64,9 +64,9 @@ from pipeline.features import FeatureSpec
 from pipeline.params import Frozen
 
 if TYPE_CHECKING:  # train and split import scikit-learn and XGBoost; only the types are needed here
+    from pipeline.modelling.params import TrainParams
     from pipeline.split import SplitParams
     from pipeline.tasks import TaskSpec
-    from pipeline.train import TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -1632,7 +1632,7 @@ def model_section(inputs: CardInputs) -> list[Block]:
 
 
 def selection_text(train: TrainParams) -> str:
-    from pipeline.train import selection_rule_text  # noqa: PLC0415 (train imports scikit-learn and XGBoost)
+    from pipeline.modelling.selection import selection_rule_text  # noqa: PLC0415 (imports scikit-learn)
 
     return selection_rule_text(train.selection)
 
@@ -2892,10 +2892,10 @@ def read_explain(root: Path, folder: str, card_folder: str) -> ExplainInputs | N
 def gather_inputs(root: Path, task_name: str, raw_params: dict[str, Any]) -> CardInputs:
     """Read every input of the card (files, registry, git, dvc.lock) into one typed structure."""
     from pipeline.contract import load_contract  # noqa: PLC0415
+    from pipeline.modelling.params import TrainParams  # noqa: PLC0415
     from pipeline.params import parse_section  # noqa: PLC0415
     from pipeline.split import SplitParams  # noqa: PLC0415
     from pipeline.tasks import TasksParams  # noqa: PLC0415
-    from pipeline.train import TrainParams  # noqa: PLC0415
 
     sources = {
         path.stem: Sourced(path.relative_to(root).as_posix(), yaml.safe_load(path.read_text(encoding="utf-8")))
