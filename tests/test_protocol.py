@@ -15,7 +15,7 @@ from pipeline.protocol import (
     sample_size_gate,
     small_cohort_selection,
 )
-from tests.test_train import tiny_params
+from tests.modelling.test_training import tiny_params
 
 
 def test_the_gate_stops_with_exit_6_unless_overridden() -> None:

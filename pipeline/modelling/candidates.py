@@ -6,7 +6,6 @@ cross-validation; the test split is never read here.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,13 +28,7 @@ from pipeline.errors import ConfigError
 from pipeline.modelling.calibration import PROB_EPS, CalibratedModel, calibrate, out_of_fold
 from pipeline.modelling.calibration import folds as calibration_folds
 from pipeline.modelling.design import SplineDesign
-from pipeline.modelling.params import (
-    CandidateName,
-    CandidateParams,
-    TrainParams,
-)
-
-log = logging.getLogger(__name__)
+from pipeline.modelling.params import CandidateName, CandidateParams, TrainParams
 
 
 def make_estimator(name: CandidateName, seed: int, *, interactions: Any = ()) -> BaseEstimator:

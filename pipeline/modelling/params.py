@@ -8,9 +8,7 @@ from pydantic import Field, model_validator
 
 from pipeline.modelling.calibration import CalibrationName
 from pipeline.params import Frozen
-from pipeline.protocol import (
-    SampleSizeParams,
-)
+from pipeline.protocol import SampleSizeParams
 
 CandidateName = Literal["logreg", "logreg_spline", "xgboost", "hist_gb"]
 SelectionMetric = Literal["log_loss", "brier"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -10,12 +9,7 @@ import numpy as np
 
 from pipeline.modelling.calibration import PROB_EPS
 from pipeline.modelling.candidates import CandidateResult
-from pipeline.modelling.params import (
-    SelectionMetric,
-    SelectionParams,
-)
-
-log = logging.getLogger(__name__)
+from pipeline.modelling.params import SelectionMetric, SelectionParams
 
 
 def _per_patient_loss(metric: SelectionMetric, y: np.ndarray, p: np.ndarray) -> np.ndarray:

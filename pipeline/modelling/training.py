@@ -22,12 +22,7 @@ from pipeline.modelling.candidates import CandidateResult, check_grid, evaluate_
 from pipeline.modelling.params import TrainParams
 from pipeline.modelling.selection import selection_rule_text, selection_table
 from pipeline.modelling.validation import internal_validation
-from pipeline.protocol import (
-    DEFAULT_COHORT,
-    SMALL_COHORT_PROTOCOL,
-    adapt_folds,
-    small_cohort_selection,
-)
+from pipeline.protocol import DEFAULT_COHORT, SMALL_COHORT_PROTOCOL, adapt_folds, small_cohort_selection
 from pipeline.stage import StageContext
 from pipeline.tasks import task_predictors
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
@@ -15,12 +14,7 @@ from sklearn.base import BaseEstimator
 
 from pipeline import metrics
 from pipeline.modelling.candidates import CandidateResult, fit_final
-from pipeline.modelling.params import (
-    VALIDATED_METRICS,
-    TrainParams,
-)
-
-log = logging.getLogger(__name__)
+from pipeline.modelling.params import VALIDATED_METRICS, TrainParams
 
 
 def _validated(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
