@@ -16,7 +16,7 @@ from pipeline.errors import ExitCode, PipelineError
 
 
 def read_header(path: Path) -> set[str] | None:
-    """Column names of a CSV or Parquet file; None when there is no single readable file (the reader reports)."""
+    """Column names of a CSV or Parquet file with rows; None otherwise (the reader reports those cases)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -24,12 +24,15 @@ def read_header(path: Path) -> set[str] | None:
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq  # noqa: PLC0415
 
-            return set(pq.read_schema(path).names)
+            metadata = pq.read_metadata(path)
+            return set(metadata.schema.names) if metadata.num_rows else None
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            first = next(csv.reader(handle), None)
+            rows = csv.reader(handle)
+            first, second = next(rows, None), next(rows, None)
     except (OSError, UnicodeDecodeError, csv.Error, ValueError):
         return None
-    return {name.strip() for name in first} if first else None
+    # a file with no data rows is the reader's to report (it says so), not a layout question
+    return {name.strip() for name in first} if first and second is not None else None
 
 
 def choose_layout(
