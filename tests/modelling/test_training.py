@@ -12,7 +12,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pipeline import tracking
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import FeatureColumn, FeatureSpec
 from pipeline.modelling.bundle import (
     OUTPUT_COLUMN,
@@ -32,8 +32,9 @@ from pipeline.modelling.candidates import (
 )
 from pipeline.modelling.params import CandidateParams, SelectionParams, TrainParams
 from pipeline.modelling.selection import select_champion, selection_table
-from pipeline.modelling.training import train_task
+from pipeline.modelling.training import load_training_inputs, train_task
 from pipeline.modelling.validation import internal_validation
+from pipeline.stage import StageContext
 from pipeline.train import log_to_mlflow
 
 
@@ -378,3 +379,14 @@ def test_a_small_cohort_prefers_logistic_regression_and_a_failing_candidate_leav
     beaten = rows["logreg"]["margin"] > rows["logreg"]["margin_se"]
     assert trained.champion.name == ("xgboost" if beaten else "logreg")
     assert trained.selection["simplicity_order"][0] == "logreg"
+
+
+def test_training_inputs_need_a_task(project_root) -> None:
+    with pytest.raises(ConfigError, match="needs a task"):
+        load_training_inputs(StageContext.open())
+
+
+def test_training_inputs_refuse_a_missing_split_naming_it(project_root) -> None:
+    with pytest.raises(PipelineError) as error:
+        load_training_inputs(StageContext.open("acute"))
+    assert "train.parquet" in str(error.value)
