@@ -309,7 +309,11 @@ def score(
     ] = None,
     verbose: Verbose = False,
 ) -> None:
-    """Score a clinic export: probability of response, risk band and model identity for every valid row.
+    """Score a clinic export: probability of the task's outcome, risk band and model identity for every valid row.
+
+    The probability column is p_response for every task; the outcome column words what it is of (e.g. "risk of
+    a blood-pressure event" for safety_first_session). A row outside the task's population (e.g. baseline GAD-7
+    below 10 for anxiety) is rejected as ineligible, not scored.
 
     Invalid rows go to OUTPUT's rejects file (e.g. scores.rejects.csv) with row number, patient id, reason
     code and message; rows in == scored + rejected. Outputs appear only when the whole file is scored, both
@@ -332,6 +336,7 @@ def score(
     """
     _configure_logging(verbose)
     from pipeline.scoring import progress_wanted, score_file  # noqa: PLC0415
+    from pipeline.tasks import describe_scores  # noqa: PLC0415
 
     def action() -> None:
         if engine is Engine.LOCAL and (scheduler or workers):
@@ -343,6 +348,7 @@ def score(
             )  # fmt: skip
         ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=explain, top_k=top_k)
         typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
+        typer.echo(describe_scores(ctx.bundle.info.outcome, ctx.bundle.info.risk_bands), err=True)
         if engine is Engine.DASK:
             from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
 

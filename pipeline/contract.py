@@ -80,7 +80,8 @@ class ColumnSpec(BaseModel):
             raise ValueError(f"column {self.name}: a baseline predictor must have timing 'baseline'")
         if self.role == "early_predictor" and self.timing != "first_dose":
             raise ValueError(f"column {self.name}: an early predictor must have timing 'first_dose'")
-        if self.role == "outcome" and self.timing in ("baseline", "first_dose"):
+        # first_dose: events of the first session itself (a blood-pressure event); tasks predict them at baseline
+        if self.role == "outcome" and self.timing == "baseline":
             raise ValueError(f"column {self.name}: an outcome cannot be known at '{self.timing}'")
         return self
 

@@ -49,6 +49,12 @@ from pipeline.sources.spec import TabularSourceSpec
 # (configs/scale_conversions.yaml), and tests/test_scales.py checks that both agree
 RESPONSE_FRACTION = 0.5  # response = score <= this fraction of baseline (a drop >= 50 %)
 REMISSION_MAX_MADRS = 10.0  # remission = MADRS <= 10
+# First-session hypertensive event (lit §12): SBP rise >= 40 mmHg (the esketamine label's threshold) or a peak at or
+# above 180 systolic / 110 diastolic (severe hypertension in the Yale review). Anxiety response: GAD-7 drop >= 50 %
+# (RESPONSE_FRACTION, as Hull 2022, lit §11). The synthetic generator imports these, so truth and cleaning agree.
+BP_EVENT_SBP_RISE = 40.0
+BP_EVENT_SBP_PEAK = 180.0
+BP_EVENT_DBP_PEAK = 110.0
 
 # columns harmonisation derives itself: a source config can neither map nor fix them
 DERIVED_COLUMNS: dict[str, str] = {
@@ -58,6 +64,8 @@ DERIVED_COLUMNS: dict[str, str] = {
     "remission_end": "the end-of-induction score",
     "sustained_week8": "the baseline, end-of-induction and week-8 scores",
     "response_placebo_acute": "the baseline and placebo scores",
+    "bp_event_first": "the baseline blood pressure and the first session's rises",
+    "anxiety_response_end": "the baseline and end-of-induction GAD-7",
     "madrs_source_scale": "the source's depression_scores (scale or scale_column)",
 }
 DUPLICATE_ORDER_TEXT = {
@@ -682,7 +690,29 @@ def _derive_outcomes(frame: pd.DataFrame, scales: ScaleConversions) -> pd.DataFr
     with np.errstate(divide="ignore", invalid="ignore"):
         pct = 100.0 * ((madrs_acute - madrs_base) / madrs_base)  # divide first: (0 - b) / b is exactly -1
     frame["madrs_pct_change_acute"] = pct.where(madrs_base > 0)
+    frame["anxiety_response_end"] = _anxiety_response(frame)
+    frame["bp_event_first"] = _bp_event(frame)
     return frame
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name].astype("Float64") if name in frame else pd.Series(pd.NA, index=frame.index, dtype="Float64")
+
+
+def _anxiety_response(frame: pd.DataFrame) -> pd.Series:
+    """GAD-7 drop >= 50 % (missing where either score is)."""
+    return (_column(frame, "gad7_end") <= RESPONSE_FRACTION * _column(frame, "gad7_baseline")).astype("boolean")
+
+
+def _bp_event(frame: pd.DataFrame) -> pd.Series:
+    """Any of the three criteria met (True as soon as one is known to be met; missing if none is and one is unknown)."""
+    sbp_rise, dbp_rise = _column(frame, "sbp_rise_first_mmhg"), _column(frame, "dbp_rise_first_mmhg")
+    met = (
+        (sbp_rise >= BP_EVENT_SBP_RISE)
+        | (_column(frame, "sbp_baseline") + sbp_rise >= BP_EVENT_SBP_PEAK)
+        | (_column(frame, "dbp_baseline") + dbp_rise >= BP_EVENT_DBP_PEAK)
+    )
+    return met.astype("boolean")
 
 
 def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str, *, unique_ids: bool) -> pd.DataFrame:

@@ -62,11 +62,12 @@ from pipeline.contract import PREDICTOR_ROLES, TIMING_ORDER, CohortContract, Col
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import FeatureSpec
 from pipeline.params import Frozen
+from pipeline.tasks import risk_band_label
 
 if TYPE_CHECKING:  # train and split import scikit-learn and XGBoost; only the types are needed here
     from pipeline.modelling.params import TrainParams
     from pipeline.split import SplitParams
-    from pipeline.tasks import TaskSpec
+    from pipeline.tasks import TaskOutcome, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -631,6 +632,17 @@ def interval_reading(lower: Any, upper: Any, null: float, *, below: str, inside:
     return inside
 
 
+def card_subject(inputs: CardInputs) -> str:
+    """'response to ketamine' for the response tasks, else the task's own wording ('risk of a blood-pressure ...')."""
+    wording = vocab(inputs).wording
+    return "response to ketamine" if wording == "probability of response" else f"the {wording} with ketamine"
+
+
+def vocab(inputs: CardInputs) -> TaskOutcome:
+    """The task's words for its outcome ('responders', 'risk of a blood-pressure event', ...)."""
+    return inputs.task_spec.outcome
+
+
 def discrimination_reading(inputs: CardInputs) -> str:
     m, split = inputs.metrics, f"the {inputs.development_name} test split"
     return interval_reading(
@@ -639,8 +651,8 @@ def discrimination_reading(inputs: CardInputs) -> str:
         0.5,
         below=f"the champion ranks the patients of {split} worse than chance (its AUROC interval lies below 0.5)",
         inside=f"the champion cannot be distinguished from chance on {split} (its AUROC interval includes 0.5)",
-        above=f"the champion ranks responders above non-responders better than chance on {split} (its AUROC "
-        "interval lies above 0.5)",
+        above=f"the champion ranks {vocab(inputs).events} above {vocab(inputs).non_events} better than chance on "
+        f"{split} (its AUROC interval lies above 0.5)",
         missing="the test AUROC has no interval, so it cannot be interpreted",
     )
 
@@ -744,9 +756,9 @@ def calibration_reading(inputs: CardInputs) -> str:
         get(m, "test.calibration_in_the_large_lower"),
         get(m, "test.calibration_in_the_large_upper"),
         0.0,
-        below="calibration-in-the-large lies below 0: on average the model over-predicts response",
+        below=f"calibration-in-the-large lies below 0: on average the model over-predicts the {vocab(inputs).rate}",
         inside="calibration-in-the-large includes 0: the average predicted probability matches the observed rate",
-        above="calibration-in-the-large lies above 0: on average the model under-predicts response",
+        above=f"calibration-in-the-large lies above 0: on average the model under-predicts the {vocab(inputs).rate}",
         missing="calibration-in-the-large has no interval",
     )
     return f"{slope}; {in_the_large}"
@@ -965,7 +977,7 @@ def summary_section(inputs: CardInputs) -> list[Block]:
     m, cv = inputs.metrics, inputs.cv
     table = KeyedTable("measure", inputs.level)
     table.number("training patients (development data)", cv, "n_train", 0)
-    table.number("training responders", cv, "events_train", 0)
+    table.number(f"training {vocab(inputs).events}", cv, "events_train", 0)
     if get(cv, "protocol.sample_size.minimum_n") is not None:
         table.number("Riley minimum sample size (declared C, before fitting)", cv, "protocol.sample_size.minimum_n", 0)
     internal = get(m, "internal_validation") is not None
@@ -979,7 +991,7 @@ def summary_section(inputs: CardInputs) -> list[Block]:
             table.number(f"{label}, held-out test split", m, f"test.{key}", digits, interval=True)
     if inputs.held_out:
         table.number("test patients", m, "test.n", 0)
-        table.number("test responders", m, "test.events", 0)
+        table.number(f"test {vocab(inputs).events}", m, "test.events", 0)
     if get(m, "oracle") is not None:
         table.number(
             "AUROC of the generating probability (ceiling; knows the site), same test patients",
@@ -1141,9 +1153,42 @@ def out_of_scope_section(inputs: CardInputs) -> list[Block]:
                     f"The explanations ({ref('shap')}) describe what the model uses, not what causes response; they "
                     "support no causal or individual treatment-effect claim."
                 ),
+                text(
+                    "Misuse, diversion or ketamine use disorder is not modelled: no incidence in clinic cohorts was "
+                    "found to ground it (literature notes §15). Pregnant or breast-feeding patients are outside the "
+                    "synthetic population (excluded in the trials and advised against in the esketamine label, §14)."
+                ),
+                *new_columns_scope(inputs),
             )
         ),
     ]
+
+
+# the columns issue 18 added: the real cohort (ds005917) records none of them
+ISSUE_18_COLUMNS = (
+    "hypertension_history",
+    "sbp_baseline",
+    "dbp_baseline",
+    "postpartum_onset",
+    "gad7_baseline",
+    "dbp_rise_first_mmhg",
+    "gad7_end",
+    "anxiety_response_end",
+    "bp_event_first",
+)
+
+
+def new_columns_scope(inputs: CardInputs) -> tuple[Text, ...]:
+    """For the tasks that use them: the real cohort lacks these columns, so no external validation."""
+    used = {inputs.task_spec.target, *inputs.feature_spec.input_columns} & set(ISSUE_18_COLUMNS)
+    if not used:
+        return ()
+    return (
+        text(
+            f"Validated on synthetic data only: the real cohort ({EXTERNAL_COHORT}) records none of "
+            f"{codes(sorted(used))}, so this task has no external validation (it stays on `acute`)."
+        ),
+    )
 
 
 def data_section(inputs: CardInputs) -> list[Block]:
@@ -1260,13 +1305,15 @@ def flow_section(inputs: CardInputs) -> list[Block]:
             table.number(f"{cohort}: converted scores capped at the MADRS maximum", cleaning, capped, 0)
         if get(cleaning, f"{prefix}.outcomes.{target}") is not None:
             table.number(text(f"{cohort}: with a known `{target}`"), cleaning, f"{prefix}.outcomes.{target}.known", 0)
-            table.number(f"{cohort}: of whom responders", cleaning, f"{prefix}.outcomes.{target}.positive", 0)
+            table.number(
+                f"{cohort}: of whom {vocab(inputs).events}", cleaning, f"{prefix}.outcomes.{target}.positive", 0
+            )
         if cohort == inputs.development[-1]:  # after the last development cohort: the split of the pooled rows
             table.number("training split: patients", split, "train.n", 0)
-            table.number("training split: responders", split, "train.events", 0)
+            table.number(f"training split: {vocab(inputs).events}", split, "train.events", 0)
             if inputs.held_out:
                 table.number("test split: patients", split, "test.n", 0)
-                table.number("test split: responders", split, "test.events", 0)
+                table.number(f"test split: {vocab(inputs).events}", split, "test.events", 0)
         if cohort == EXTERNAL_COHORT and get(inputs.metrics, "external.negative_control") is not None:
             m = inputs.metrics
             table.number(
@@ -1278,8 +1325,8 @@ def flow_section(inputs: CardInputs) -> list[Block]:
         Paragraph(eligibility_text(inputs)),
         table.table(),
         para(
-            "Characteristics of the test split by sex, age band, route, site and psychotherapy (patients and response "
-            f"rate per level) are in {ref('subgroups')}."
+            "Characteristics of the test split by sex, age band, route, site, psychotherapy and postpartum onset "
+            f"(patients and {vocab(inputs).rate} per level) are in {ref('subgroups')}."
             if inputs.held_out
             else "There is no test split, so no characteristics of one are tabulated."
         ),
@@ -1312,6 +1359,12 @@ def eligibility_text(inputs: CardInputs) -> Text:
     ]
     if inputs.split.holdout_sites:
         parts.append(f"; whole sites form the test split ({codes(inputs.split.holdout_sites)})")
+    population = inputs.task_spec.population
+    if population is not None:
+        parts.append(
+            f". This task is for {lit(population.description)} only: other patients are left out of both splits "
+            f"and `trd score` rejects them as `ineligible` (`{population.column}` missing counts as outside)"
+        )
     parts.append(". ")
     source = inputs.sources.get(EXTERNAL_COHORT)
     eligibility = get(source, "adapter.eligibility") if source else None
@@ -1326,15 +1379,32 @@ def eligibility_text(inputs: CardInputs) -> Text:
     return text(*parts)
 
 
+OUTCOME_RULES = {
+    "response": "Response is a drop of at least 50 % in MADRS from baseline; scores recorded on HAM-D17 or QIDS-SR16 "
+    "are converted onto MADRS before the rule is applied (literature notes §5b).",
+    "bp_event_first": "A harm outcome, derived by the cleaner from the pre-dose reading and the first session's rises "
+    "(`pipeline/harmonise.py`): an SBP rise of at least 40 mmHg (the esketamine label's threshold) or a peak of at "
+    "least 180 mmHg systolic or 110 mmHg diastolic (severe hypertension in the Yale review; literature notes §12). A "
+    "high probability calls for closer blood-pressure monitoring or a pre-dose review, not for withholding treatment; "
+    "the published spread between cohorts (mean SBP rise +3 to +16 mmHg) is planted as a site effect.",
+    "anxiety_response_end": "Anxiety response is a drop of at least 50 % in GAD-7 from baseline (Hull 2022; "
+    "literature notes §11). In the generator the GAD-7 change follows the depression change (partly mediated, as in "
+    "KADS) with its own noise, so anxiety response tracks depression response without copying it.",
+    "sustained_week8": "Sustained response is response (MADRS drop of at least 50 %) at the end of induction that "
+    "still holds at week 8; its complement among responders is relapse. Psychotherapy acts only here (structured KAP "
+    "planted at a relapse hazard ratio of about 0.6, a non-randomised estimate; literature notes §13). Scores on "
+    "HAM-D17 or QIDS-SR16 are converted onto MADRS first (§5b).",
+}
+
+
 def outcome_section(inputs: CardInputs) -> list[Block]:
     target = inputs.target
     blocks: list[Block] = [
         heading("outcome"),
         para(
             f"`{target.name}`: {lit(target.description.rstrip('.'))}. Measured at `{target.timing}` on the schema's "
-            f"clinical clock, after the prediction time `{inputs.task_spec.prediction_time}`. Response is a drop of "
-            "at least 50 % in MADRS from baseline; scores recorded on HAM-D17 or QIDS-SR16 are converted onto MADRS "
-            "before the rule is applied (`docs/literature.md` §5b)."
+            f"clinical clock, after the prediction time `{inputs.task_spec.prediction_time}`. "
+            + OUTCOME_RULES.get(target.name, OUTCOME_RULES["response"])
         ),
         para(
             "**Blinding.** Not applicable to the synthetic outcomes: they are generated from the planted model, not "
@@ -1424,7 +1494,7 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
         f"number of feature columns in {inputs.feature_spec_path}",
     )
     table.number("training patients n", inputs.cv, "n_train", 0)
-    table.number("training responders", inputs.cv, "events_train", 0)
+    table.number(f"training {vocab(inputs).events}", inputs.cv, "events_train", 0)
     table.computed("training prevalence φ", check.prevalence, 3, "events_train / n_train")
     if check.c_from_params:
         table.number("anticipated C statistic (stated)", inputs.params_file, "report.anticipated_c", 3)
@@ -1439,7 +1509,7 @@ def sample_size_section(inputs: CardInputs) -> list[Block]:
         table.computed("criterion 2: n for an optimism in Nagelkerke R² of at most 0.05", riley.n_r2_difference, 0, how)
         table.computed("criterion 3: n for the overall risk within 0.05", riley.n_overall_risk, 0, how)
         table.computed("minimum sample size (the largest of the three)", riley.n, 0, how)
-        table.computed("responders expected at the minimum size", riley.events, 1, how)
+        table.computed(f"{vocab(inputs).events} expected at the minimum size", riley.events, 1, how)
         table.computed("events per candidate parameter at the minimum size", riley.epp, 1, how)
         observed_epp = check.events_train / check.parameters
         table.computed("events per candidate parameter in the training split", observed_epp, 1, "events_train / P")
@@ -1619,8 +1689,9 @@ def model_section(inputs: CardInputs) -> list[Block]:
         gate.table(),
         sub("Model output"),
         para(
-            "The model outputs a probability of response (`p_response` in `trd score`) and a risk band. The bands "
-            "are display conventions stored with the model, not validated decision thresholds."
+            f"The model outputs the {vocab(inputs).wording} (`p_response` in `trd score`, whose `outcome` column "
+            f"says so) and a risk band ({lit(risk_band_label(vocab(inputs), 'high'))}, ...). The bands are display "
+            "conventions stored with the model, not validated decision thresholds."
         ),
         bands.table(),
         para(
@@ -1717,7 +1788,7 @@ def performance_section(inputs: CardInputs) -> list[Block]:
     champion = KeyedTable("measure (test split)", level)
     champion.number("AUROC", m, "test.auroc", 3, interval=True)
     champion.number("AUPRC (average precision)", m, "test.auprc", 3, interval=True)
-    champion.number("prevalence (observed response rate)", m, "test.prevalence", 3)
+    champion.number(f"prevalence (observed {vocab(inputs).rate})", m, "test.prevalence", 3)
     champion.number("mean predicted probability", m, "test.mean_predicted", 3)
     champion.number("observed − expected (risk scale)", m, "test.observed_minus_expected", 3)
     champion.number(
@@ -1903,6 +1974,10 @@ def internal_validation_blocks(inputs: CardInputs) -> list[Block]:
     ]
 
 
+# what a flag above the threshold would trigger, by outcome kind
+DECISIONS = {"benefit": "offering treatment", "harm": "closer monitoring (or a pre-dose review)"}
+
+
 def decision_section(inputs: CardInputs) -> list[Block]:
     if not inputs.held_out:
         return [
@@ -1925,7 +2000,7 @@ def decision_section(inputs: CardInputs) -> list[Block]:
             Column("specificity", "specificity", 3),
             Column("ppv", "PPV", 3),
             Column("npv", "NPV", 3),
-            Column("nne", "flagged per responder (1/PPV)", 2),
+            Column("nne", f"flagged per one of the {vocab(inputs).events} (1/PPV)", 2),
             Column("net_benefit", "net benefit", 3),
         ],
     )
@@ -1939,10 +2014,11 @@ def decision_section(inputs: CardInputs) -> list[Block]:
     return [
         heading("decision"),
         para(
-            "If offering treatment depended on the predicted probability exceeding a threshold, this is what would "
-            f"happen on the {inputs.development_name} test split. Net benefit counts true responders flagged per "
-            "patient, minus false positives weighted by the odds of the threshold. The thresholds were declared in "
-            "params before the test data were seen; **none is validated for clinical use**."
+            f"If {DECISIONS[vocab(inputs).kind]} depended on the predicted probability exceeding a threshold, this is "
+            f"what would happen on the {inputs.development_name} test split. Net benefit counts true "
+            f"{vocab(inputs).events} flagged per patient, minus false positives weighted by the odds of the threshold. "
+            "The thresholds were declared in params before the test data were seen; **none is validated for clinical "
+            "use**."
         ),
         thresholds,
         curve.table(),
@@ -1967,7 +2043,7 @@ def subgroups_section(inputs: CardInputs) -> list[Block]:
         ]
     table = KeyedTable("suppression")
     table.number(
-        "cells with fewer patients, responders or non-responders than this are suppressed",
+        f"cells with fewer patients, {vocab(inputs).events} or {vocab(inputs).non_events} than this are suppressed",
         inputs.evaluation,
         "subgroups.min_cell",
         0,
@@ -1979,8 +2055,8 @@ def subgroups_section(inputs: CardInputs) -> list[Block]:
             Column("group", "group"),
             Column("level", "level"),
             Column("n", "patients", 0),
-            Column("events", "responders", 0),
-            Column("event_rate", "response rate", 3),
+            Column("events", vocab(inputs).events, 0),
+            Column("event_rate", vocab(inputs).rate, 3),
             Column("mean_predicted", "mean predicted", 3),
             Column("auroc", "AUROC", 3),
             Column("o_minus_e", "observed − expected", 3),
@@ -1991,21 +2067,49 @@ def subgroups_section(inputs: CardInputs) -> list[Block]:
     return [
         heading("subgroups"),
         para(
-            "Performance of the champion on the test split by sex, age band, route, site and psychotherapy (a "
-            "fairness table; patients with an unknown group form their own level). A suppressed cell shows "
-            f"{NA}: with so few patients, responders or non-responders its numbers would be unstable and could "
+            "Performance of the champion on the test split by sex, age band (65+: the esketamine label's older "
+            "adults), route, site, psychotherapy and postpartum onset (a fairness table; patients with an unknown "
+            f"group form their own level). A suppressed cell shows {NA}: with so few patients, "
+            f"{vocab(inputs).events} or {vocab(inputs).non_events} its numbers would be unstable and could "
             "identify individuals; when exactly one level of a group is suppressed, the next smallest is too, so it "
             "cannot be recovered by subtraction. Subgroup AUROCs have no intervals: differences between small levels "
             "are expected by chance."
             + (
-                " The generator plants no effect of sex; route and site change the response rate by design."
+                f" The generator plants no effect of sex; route and site change the {vocab(inputs).rate} by design."
                 if inputs.synthetic_development
                 else ""
             )
         ),
+        para(subgroup_discussion(inputs)),
         table.table(),
         grid,
     ]
+
+
+# What the planted truth says about the two subgroups issue 18 asks every card to discuss, per task target.
+OLDER_ADULTS = {
+    "bp_event_first": "age raises the first-session SBP rise (+0.25 mmHg per year, lit §12) and hypertension, "
+    "which is more common with age, adds to it: expect a higher event rate at 65+",
+    "anxiety_response_end": "anxiety change follows depression change, so the planted esketamine penalty from 65 "
+    "(lit §4b/§8b) reaches anxiety response too",
+}
+
+
+def subgroup_discussion(inputs: CardInputs) -> str:
+    """The postpartum-onset and 65+ rows, read against what the generator planted."""
+    older = OLDER_ADULTS.get(
+        inputs.task_spec.target,
+        "esketamine from age 65 carries a planted penalty (TRANSFORM-3, lit §4b/§8b), so the 65+ band's rate "
+        "depends on its route mix",
+    )
+    return (
+        f"**Postpartum onset and age 65+.** Postpartum onset (women only, about 10 % of them; a generator estimate, "
+        "no TRD prevalence was found, literature notes §14/§16) has no planted effect on any outcome: the ketamine "
+        "trials in the peripartum are prevention trials, not treatment of established TRD, so the generator plants "
+        "a documented null. Its row checks that the model does not invent a difference; it is small, and its cells "
+        f"are often suppressed. Age 65+: {older}. Neither subgroup is validated on real patients: the external cohort "
+        "records neither postpartum onset nor enough older adults."
+    )
 
 
 def external_section(inputs: CardInputs) -> list[Block]:
@@ -2604,7 +2708,7 @@ def build_card(inputs: CardInputs) -> Document:
     for key, _ in SECTIONS:
         blocks += SECTION_BUILDERS[key](inputs)
     title = (
-        f"Model card: {inputs.registered_name}, a machine-learning model of response to ketamine in "
+        f"Model card: {inputs.registered_name}, a machine-learning model of {card_subject(inputs)} in "
         f"treatment-resistant depression (task {inputs.task}; {inputs.development_name} development data"
         + ("; underpowered)" if inputs.underpowered else ")")
     )

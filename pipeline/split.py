@@ -1,7 +1,8 @@
 """Stage ``split@<task>``: patient-level train/test split of the development cohort, stratified and seeded.
 
 The development cohort is ``split.training_cohort``: any cohort of the clean stage (a name), or several pooled
-(a list; each row keeps its ``cohort``). Only its rows with a known target are split; every other cohort is left
+(a list; each row keeps its ``cohort``). Only its rows with a known target, inside the task's
+population (``tasks.<task>.population``, :func:`pipeline.tasks.population_mask`), are split; every other cohort is left
 for external validation. With ``split.holdout_sites`` set, those whole sites form the test split instead
 (internal-external validation; the cohort needs a ``site`` column). Below ``split.small_cohort_n`` patients no
 single test split is held out (a quarter of a small cohort is too few patients to judge a model by): every
@@ -22,7 +23,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
 from pipeline.params import Frozen
 from pipeline.stage import StageContext
-from pipeline.tasks import TaskSpec
+from pipeline.tasks import TaskSpec, population_mask
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,8 @@ def split_cohort(
             f"split.training_cohort names {unknown}, not in the clean cohort (it holds {sorted(present)})",
             hint="use a name from clean.sources (each a file in configs/sources/) and re-run the clean stage",
         )
-    eligible = cohort[cohort["cohort"].isin(params.cohorts) & cohort[task.target].notna()]
+    in_population = population_mask(cohort, task.population)
+    eligible = cohort[cohort["cohort"].isin(params.cohorts) & cohort[task.target].notna() & in_population]
     eligible = eligible.sort_values("patient_id", kind="stable").reset_index(drop=True)
     duplicated = eligible["patient_id"].duplicated()
     if duplicated.any():  # one patient in two rows could land on both sides of the split
@@ -84,7 +86,8 @@ def split_cohort(
         )
     if eligible.empty:
         raise PipelineError(
-            f"no {'+'.join(params.cohorts)} rows with a known {task.target}",
+            f"no {'+'.join(params.cohorts)} rows with a known {task.target}"
+            + (f" in the task's population ({task.population.description})" if task.population else ""),
             hint="check split.training_cohort and the clean stage's report (does the cohort record this outcome?)",
         )
     how = protocol(params, len(eligible))

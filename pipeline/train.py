@@ -45,7 +45,7 @@ def main(task_name: str) -> None:
     ctx = StageContext.open(task_name)
     inputs = load_training_inputs(ctx)
     params, X, y = inputs.params, inputs.X, inputs.y
-    log.info("%s: %d training patients, %d responders, %d features", task_name, len(y), y.sum(), X.shape[1])
+    log.info("%s: %d training patients, %d with the outcome, %d features", task_name, len(y), y.sum(), X.shape[1])
     registered_name = registered_model_name(task_name, inputs.cohorts)
     # before any fitting: the Riley minimum for this many candidate parameters (exit 6 below it, unless overridden)
     check = sample_size_gate(y, X.shape[1], params.sample_size, task=task_name, cohort="+".join(inputs.cohorts))
@@ -73,6 +73,9 @@ def main(task_name: str) -> None:
         # (checked against its predictors when the inputs were loaded) and the training split's numeric ranges
         "scoring_rule": inputs.task.scoring.model_dump(),
         "training_ranges": training_ranges(X, inputs.spec),
+        # what the probability is of, and who the model is for: the scorer's wording and eligibility check
+        "outcome": inputs.task.outcome.model_dump(),
+        "population": inputs.task.population.model_dump() if inputs.task.population else None,
     }
     save_bundle(
         ctx.champion_dir,

@@ -404,7 +404,7 @@ def test_small_subgroup_cells_are_suppressed(evaluation, written) -> None:
     assert bool(tiny["suppressed"])
     assert pd.isna(tiny["n"])
     assert math.isnan(tiny["auroc"])
-    assert set(table["group"]) == {"overall", "sex", "age_band", "route", "site", "psychotherapy"}
+    assert set(table["group"]) == {"overall", "sex", "age_band", "route", "site", "psychotherapy", "postpartum_onset"}
     overall = table[table["group"] == "overall"].iloc[0]
     assert overall["n"] == evaluation.metrics["test"]["n"]
     visible = table[~table["suppressed"]]
@@ -647,3 +647,30 @@ def test_unknown_subgroup_column_is_a_config_error(data, honest) -> None:
     params = eval_params(subgroups={"columns": ["hair_colour"], "age_bands": [18]}).subgroups
     with pytest.raises(ConfigError, match="hair_colour"):
         evaluate.subgroup_performance(data["test"], y, p, params)
+
+
+def test_every_task_s_subgroup_table_has_postpartum_onset_and_the_65_plus_band() -> None:
+    """Issue 18: postpartum onset and age >= 65 in every task's table (the subgroup params are shared by all tasks),
+    with the small-cell suppression applied to them like to any other group."""
+    raw = read_params_file(REPO_ROOT / "params.yaml")
+    params = EvaluateParams.model_validate(raw["evaluate"])
+    rng = np.random.default_rng(11)
+    n = 600
+    test = pd.DataFrame(
+        {
+            "sex": rng.choice(["F", "M"], n),
+            "age": rng.integers(18, 76, n).astype(float),
+            "route": rng.choice(["iv_racemic", "intranasal_esketamine"], n),
+            "site": rng.choice(["a", "b"], n),
+            "psychotherapy": rng.choice(["none", "structured_kap"], n),
+            "postpartum_onset": np.r_[np.ones(6, dtype=bool), np.zeros(n - 6, dtype=bool)],  # 6 < min_cell
+        }
+    )
+    y = rng.random(n) < 0.4
+    table = evaluate.subgroup_performance(test, y, np.full(n, 0.4), params.subgroups)
+    assert "65+" in set(table.loc[table["group"] == "age_band", "level"])
+    postpartum = table[table["group"] == "postpartum_onset"].set_index("level")
+    assert set(postpartum.index) == {"False", "True"}
+    assert postpartum.loc["True", "suppressed"]  # 6 patients: suppressed, and its complement with it
+    assert postpartum.loc["False", "suppressed"]
+    assert set(TasksParams.model_validate(raw["tasks"]).root) >= {"durability", "safety_first_session", "anxiety"}

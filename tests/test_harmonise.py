@@ -30,6 +30,8 @@ def record(**overrides: object) -> dict[str, object]:
         "si_current": "no", "route": "IV", "dose": 0.5, "n_sessions": 6.0, "psychotherapy": "none",
         "scale": "MADRS", "score_baseline": 30.0, "score_24h": 20.0, "score_acute": 14.0, "score_end": 10.0,
         "score_week8": 16.0, "cadss_peak_first": 8.0, "sbp_rise_first": 15.0,
+        "htn": "no", "bp_sys_pre": 125.0, "bp_dia_pre": 80.0, "postpartum_onset": "no", "gad7_baseline": 14.0,
+        "dbp_rise_first": 9.0, "gad7_end": 6.0,
     }  # fmt: skip
     row.update(overrides)
     return row
@@ -354,3 +356,41 @@ def test_a_code_of_the_column_wins_over_the_missing_markers(spec, contract, scal
     assert result.quarantine.empty
     assert result.cohort["psychotherapy"].iloc[0] == "none"
     assert pd.isna(result.cohort["comorbid_ptsd"].iloc[0])
+
+
+def test_the_first_session_bp_event_follows_its_three_criteria(spec, contract, scales) -> None:
+    """lit §12: SBP rise >= 40, or baseline + rise >= 180 systolic / >= 110 diastolic; missing stays missing."""
+    rows = [
+        record(patient_ref="quiet", bp_sys_pre=125.0, bp_dia_pre=80.0, sbp_rise_first=39.0, dbp_rise_first=20.0),
+        record(patient_ref="rise", bp_sys_pre=110.0, bp_dia_pre=70.0, sbp_rise_first=40.0, dbp_rise_first=10.0),
+        record(patient_ref="peak", bp_sys_pre=150.0, bp_dia_pre=80.0, sbp_rise_first=30.0, dbp_rise_first=10.0),
+        record(patient_ref="dia", bp_sys_pre=130.0, bp_dia_pre=95.0, sbp_rise_first=20.0, dbp_rise_first=15.0),
+        record(patient_ref="unknown", bp_sys_pre=np.nan, bp_dia_pre=80.0, sbp_rise_first=20.0, dbp_rise_first=5.0),
+        record(patient_ref="known", bp_sys_pre=np.nan, bp_dia_pre=80.0, sbp_rise_first=45.0, dbp_rise_first=5.0),
+    ]
+    cohort = run(rows, spec, contract, scales).cohort.set_index("patient_id")
+    assert not bool(cohort.loc["quiet", "bp_event_first"])
+    assert bool(cohort.loc["rise", "bp_event_first"])
+    assert bool(cohort.loc["peak", "bp_event_first"])
+    assert bool(cohort.loc["dia", "bp_event_first"])
+    assert pd.isna(cohort.loc["unknown", "bp_event_first"])  # the peak criterion cannot be checked
+    assert bool(cohort.loc["known", "bp_event_first"])  # one criterion met is enough
+
+
+def test_anxiety_response_is_a_gad7_drop_of_half(spec, contract, scales) -> None:
+    rows = [
+        record(patient_ref="resp", gad7_baseline=15.0, gad7_end=7.0),
+        record(patient_ref="nonresp", gad7_baseline=15.0, gad7_end=8.0),
+        record(patient_ref="lost", gad7_baseline=15.0, gad7_end=np.nan),
+    ]
+    cohort = run(rows, spec, contract, scales).cohort.set_index("patient_id")
+    assert bool(cohort.loc["resp", "anxiety_response_end"])
+    assert not bool(cohort.loc["nonresp", "anxiety_response_end"])
+    assert pd.isna(cohort.loc["lost", "anxiety_response_end"])
+
+
+def test_a_gad7_above_its_maximum_is_quarantined(spec, contract, scales) -> None:
+    result = run([record(gad7_baseline=22.0)], spec, contract, scales)
+    assert result.cohort.empty
+    assert result.quarantine.iloc[0]["reason_code"] == "impossible_value"
+    assert result.quarantine.iloc[0]["column"] == "gad7_baseline"

@@ -12,7 +12,7 @@ from pipeline import split as split_stage
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_parquet
 from pipeline.split import SplitParams, split_cohort
-from pipeline.tasks import TaskSpec
+from pipeline.tasks import TaskPopulation, TaskSpec
 
 TASK = TaskSpec(description="Before a single infusion.", target="response_acute", prediction_time="baseline")
 SITES = ("north", "east", "south", "west")
@@ -187,3 +187,26 @@ def test_main_writes_both_splits_and_their_counts(project_root, contract) -> Non
     assert counts["test"] == {"n": len(test), "events": int(test["response_acute"].sum())}
     assert (counts["protocol"], counts["development_cohorts"]) == ("held_out", ["synthetic"])
     assert not set(train["patient_id"]) & set(test["patient_id"])
+
+
+def test_only_the_task_s_population_is_split(frame) -> None:
+    """tasks.<task>.population (issue 18): rows outside it, or with the column missing, reach neither split."""
+    rng = np.random.default_rng(4)
+    gad7 = pd.array(rng.integers(0, 22, len(frame)).astype(float), dtype="Float64")
+    gad7[:40] = pd.NA
+    with_gad7 = frame.assign(gad7_baseline=gad7)
+    task = TASK.model_copy(
+        update={"population": TaskPopulation(column="gad7_baseline", min=10, description="baseline GAD-7 >= 10")}
+    )
+    train, test = split_cohort(with_gad7, task, params(), seed=1)
+    both = pd.concat([train, test])
+    assert (both["gad7_baseline"] >= 10).all()
+    inside = with_gad7[
+        (with_gad7["cohort"] == "synthetic") & with_gad7["response_acute"].notna() & (with_gad7["gad7_baseline"] >= 10)
+    ]
+    assert sorted(both["patient_id"]) == sorted(inside["patient_id"])
+    nobody = task.model_copy(
+        update={"population": TaskPopulation(column="gad7_baseline", min=30, description="GAD-7 >= 30")}
+    )
+    with pytest.raises(PipelineError, match="in the task's population"):
+        split_cohort(with_gad7, nobody, params(), seed=1)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import pandas as pd
 import pytest
 
 from pipeline.contract import TIMING_ORDER, CohortContract
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureSpec
 from pipeline.params import parse_section, read_params_file
-from pipeline.tasks import TasksParams, TaskSpec, task_predictors
+from pipeline.tasks import (
+    TaskPopulation,
+    TasksParams,
+    TaskSpec,
+    describe_scores,
+    ineligible_rows,
+    population_mask,
+    risk_band_label,
+    task_predictors,
+)
 from tests.conftest import REPO_ROOT
 
 TASKS = parse_section(TasksParams, read_params_file(REPO_ROOT / "params.yaml"), "tasks", "params.yaml")
@@ -71,3 +83,61 @@ def test_unknown_task_and_bad_names() -> None:
             "tasks",
             "params.yaml",
         )
+
+
+# --- issue 18: outcome kinds, populations and the new tasks' timing --------------------------------------------
+
+LATER_THAN_BASELINE = {
+    "madrs_24h", "cadss_peak_first", "sbp_rise_first_mmhg", "dbp_rise_first_mmhg", "gad7_end", "madrs_end",
+    "madrs_week8", "bp_event_first", "anxiety_response_end", "sustained_week8", "response_end",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["durability", "safety_first_session", "anxiety"])
+def test_new_tasks_see_baseline_only(name: str, contract: CohortContract) -> None:
+    """Predicted before the first dose: no first-session reading (the BP rises define the safety event) and no
+    later score (GAD-7 at the end defines anxiety response) can be a predictor."""
+    task = TASKS.get(name)
+    assert task.prediction_time == "baseline"
+    names = {c.name for c in task_predictors(task, contract, name)}
+    assert not names & LATER_THAN_BASELINE
+    assert {"sbp_baseline", "dbp_baseline", "hypertension_history", "gad7_baseline", "psychotherapy"} <= names
+
+
+def test_the_safety_task_is_a_harm_model_and_says_so() -> None:
+    outcome = TASKS.get("safety_first_session").outcome
+    assert outcome.kind == "harm"
+    assert risk_band_label(outcome, "high") == "high risk of a blood-pressure event"
+    bands = [SimpleNamespace(name="low", upper=0.3), SimpleNamespace(name="high", upper=1.0)]
+    line = describe_scores(outcome, bands)
+    assert "p_response is the risk of a blood-pressure event" in line
+    assert "response" not in line.replace("p_response", "")
+    assert risk_band_label(TASKS.get("acute").outcome, "low") == "low probability of response"
+
+
+def test_population_keeps_rows_in_range_and_treats_missing_as_outside() -> None:
+    population = TASKS.get("anxiety").population
+    frame = pd.DataFrame({"gad7_baseline": [9.0, 10.0, 21.0, None]})
+    assert population_mask(frame, population).tolist() == [False, True, True, False]
+    assert population_mask(frame, None).all()
+    outside = ineligible_rows(frame.assign(patient_id=["ZZ1", "ZZ2", "ZZ3", "ZZ4"]), population)
+    assert outside.mask.tolist() == [True, False, False, True]
+    assert "gad7_baseline is missing" in outside.messages[1]
+    assert ">= 10" in outside.messages[0]
+    assert not any("9" in m.replace(">= 10", "") or "ZZ" in m for m in outside.messages)  # never the value or id
+
+
+def test_a_population_on_a_column_the_task_cannot_see_is_refused(contract: CohortContract) -> None:
+    task = TaskSpec(
+        description="anxiety with a later column as its filter",
+        target="anxiety_response_end",
+        prediction_time="baseline",
+        population=TaskPopulation(column="gad7_end", min=10, description="end GAD-7 >= 10"),
+    )
+    with pytest.raises(ConfigError, match=r"population\.column"):
+        task_predictors(task, contract, "anxiety")
+
+
+def test_a_population_needs_a_bound() -> None:
+    with pytest.raises(ValueError, match="min, max or both"):
+        TaskPopulation(column="gad7_baseline", description="no bound at all")

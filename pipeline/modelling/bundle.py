@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from pipeline.errors import ModelError
 from pipeline.features import FALLBACK_SCORING_RULE, FeatureSpec, ScoringRule
+from pipeline.tasks import TaskOutcome, TaskPopulation
 
 # Types skops must be told to trust for our candidates, beyond its own safe defaults. Nothing else loads.
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -102,6 +103,8 @@ class ModelInfo(BaseModel):
     bundle_format: int = 1
     scoring_rule: ScoringRule | None = None  # None: saved before rules; the scorer uses FALLBACK_SCORING_RULE
     training_ranges: dict[str, tuple[float, float]] | None = None  # numeric predictor -> training [min, max]
+    outcome: TaskOutcome | None = None  # None: saved before outcome kinds, a response model
+    population: TaskPopulation | None = None  # None: every patient (pipeline/tasks.py population_mask)
 
     @model_validator(mode="after")
     def _ranges(self) -> ModelInfo:

@@ -25,6 +25,7 @@ from pipeline.scoring.context import ScoringContext
 from pipeline.scoring.inputs import iter_chunks
 from pipeline.scoring.layout import required_columns
 from pipeline.sources.tabular import stage_tabular
+from pipeline.tasks import DEFAULT_OUTCOME, Eligibility, ineligible_rows
 
 REJECT_COLUMNS = ("source_row", "patient_id", "reason_code", "column", "value", "message")
 
@@ -52,6 +53,23 @@ def harmonised(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> Harm
     return harmonise(staged.rows, ctx.rules, ctx.contract, ctx.scales)
 
 
+def ineligible_rejects(
+    cohort: pd.DataFrame, kept_rows: np.ndarray, outside: Eligibility, bundle: Bundle
+) -> pd.DataFrame:
+    """Rejects for rows outside the model's population (the rule's column named, never its value)."""
+    population = bundle.info.population
+    return pd.DataFrame(
+        {
+            "source_row": kept_rows[outside.mask],
+            "patient_id": cohort.loc[outside.mask, "patient_id"].to_numpy(),
+            "reason_code": str(Reason.INELIGIBLE),
+            "column": population.column if population else None,
+            "value": None,
+            "message": outside.messages,
+        }
+    )
+
+
 def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Score one chunk: (scored rows, rejected rows). Row numbers are 1-based data rows of the input."""
     needed = ctx.bundle.feature_spec.input_columns
@@ -62,6 +80,12 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
 
     # too little data for a score: rejected before the duplicate check, so that the id stays free for a later,
     # complete row of the same patient ("an earlier row, which was scored")
+    # outside the task's population (tasks.<task>.population, stored in the model): not scored, with the reason
+    outside = ineligible_rows(cohort, ctx.bundle.info.population)
+    if outside.mask.any():
+        rejects = pd.concat([rejects, ineligible_rejects(cohort, kept_rows, outside, ctx.bundle)], ignore_index=True)
+        cohort, kept_rows = cohort.loc[~outside.mask].reset_index(drop=True), kept_rows[~outside.mask]
+
     insufficient, too_little = insufficient_rows(cohort, kept_rows, ctx.bundle)
     if insufficient.any():
         rejects = pd.concat([rejects, too_little], ignore_index=True)
@@ -100,6 +124,8 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
             "model_name": info.registered_model_name,
             "model_version": ctx.model_version,
             "model_sha256": info.estimator_sha256,
+            # what p_response and risk_band are of, in the task's words ("risk of a blood-pressure event")
+            "outcome": (info.outcome or DEFAULT_OUTCOME).wording,
         }
     )
     if ctx.explain:

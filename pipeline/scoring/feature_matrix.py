@@ -45,12 +45,14 @@ def feature_rows(frame: pd.DataFrame, first_row: int, ctx: ScoringContext, seen:
     from pipeline.harmonise import harmonise  # noqa: PLC0415
     from pipeline.scoring.layout import required_columns  # noqa: PLC0415
     from pipeline.sources.tabular import stage_tabular  # noqa: PLC0415
+    from pipeline.tasks import ineligible_rows  # noqa: PLC0415
 
     spec = ctx.bundle.feature_spec
     staged = stage_tabular(
         frame, ctx.spec, ctx.source_file, required=required_columns(ctx.spec, spec.input_columns), first_row=first_row
     )
     cohort = harmonise(staged.rows, ctx.rules, ctx.contract, ctx.scales).cohort
+    cohort = cohort.loc[~ineligible_rows(cohort, ctx.bundle.info.population).mask]  # outside the task's population
     cohort = cohort.loc[~insufficient_data(cohort, spec.input_columns, ctx.bundle.scoring_rule).mask]
     # as the scorer: the first row of a patient id counts, later ones are duplicates
     ids = cohort["patient_id"].astype("string")

@@ -4,10 +4,11 @@ Outputs (data/raw/synthetic/):
 
 - ``export.parquet``: a messy clinic export in the raw columns, codes and units of configs/sources/synthetic.yaml;
 - ``truth.parquet``: one clean row per patient with every canonical column (configs/cohort_schema.yaml) and the
-  true probabilities ``p_response_acute``, ``p_response_end``, ``p_remission_end``, ``p_sustained_week8`` (given
-  baseline and site) and ``p_response_end_early`` (given baseline, site and the early markers), and the same for
-  response with the site marginalised (``p_response_acute_predictors``, ``p_response_end_predictors``,
-  ``p_response_end_early_predictors``: the site is no task's predictor);
+  true probabilities ``p_response_acute``, ``p_response_end``, ``p_remission_end``, ``p_sustained_week8``,
+  ``p_anxiety_response_end``, ``p_bp_event_first`` (given baseline and site) and ``p_response_end_early`` (given
+  baseline, site and the early markers), and the same with the site marginalised (``p_<outcome>_predictors`` for
+  response acute, end and early, sustained response, anxiety response and the BP event: the site is no task's
+  predictor);
 - ``corruptions.parquet``: one row per damaged export cell (export_row, patient_id, kind, column, clean_value,
   export_value);
 - ``planted_effects.json``: the planted coefficients (marginal log-odds), their encodings, the mean |SHAP| of the
@@ -37,11 +38,17 @@ Generative model (figures and citations are in params.yaml, ``synthesize:``; doc
    baseline))``, again exact. Intercepts and the spread of ``r`` are calibrated (Brent's method on the mean true
    probability) so the marginal acute response, end response, remission and sustained rates hit their targets.
 5. **Early markers**: MADRS at 24 h from ``z_24h`` (sharing the acute linear predictor); CADSS peak from a
-   negative binomial per route by the CDF of its latent; SBP rise Normal(16 + age effect, 11.2), no outcome link.
-6. **Probabilities**: ``p_response_*`` and ``p_remission_end`` are logistic in closed form; ``p_sustained_week8``
+   negative binomial per route by the CDF of its latent; the SBP and DBP rises (step 6) have no link to response.
+6. **Issue 18** (:mod:`.clinical`, lit §11-§14): hypertension history, baseline SBP/DBP, baseline GAD-7 and a
+   postpartum-onset flag (women; planted null) at baseline; the first session's SBP rise from the site's cohort
+   mean, age, hypertension, dose, route and dissociation, the DBP rise from it, and the hypertensive event read on
+   the recorded values (exact orthant probability); GAD-7 at the end of induction from the depression change
+   (partly mediated) with its own noise, calibrated so anxiety response in GAD-7 >= 10 hits its target (exact up
+   to Gauss-Hermite quadrature). Misuse is not modelled: no incidence was found to ground it (lit §15).
+7. **Probabilities**: ``p_response_*`` and ``p_remission_end`` are logistic in closed form; ``p_sustained_week8``
    is a bivariate-normal orthant (Drezner-Wesolowsky); ``p_response_end_early`` conditions on the recorded 24 h
    MADRS and CADSS, each an interval of its latent normal (exact bivariate differences, quadrature over CADSS).
-7. **Export** (:mod:`.export`): codes, units and scales per site, then logged defects (missing at random, missing
+8. **Export** (:mod:`.export`): codes, units and scales per site, then logged defects (missing at random, missing
    not at random, BMI not recorded, impossible values, unknown codes, less complete duplicates), shuffled.
 
 Randomness: one ``SeedSequence`` derived from ``base.seed`` and the stage name, split into independent streams
@@ -66,7 +73,7 @@ from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
-from pipeline.synthesize.effects import auroc, oracle_aurocs, planted_effects, true_contributions
+from pipeline.synthesize.effects import OUTCOMES, auroc, oracle_aurocs, planted_effects, true_contributions
 from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
 from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
 from pipeline.synthesize.params import SynthesizeParams
@@ -177,8 +184,9 @@ def main() -> None:
     write_parquet(cohort.true_contributions, out / "true_contributions.parquet")
 
     low, high = params.oracle_auroc_range
-    for outcome, entry in cohort.planted_effects["outcomes"].items():
-        if outcome != "response_end_early" and not low <= entry["oracle_auroc"] <= high:
+    for outcome in OUTCOMES:  # the response outcomes, which lit §3's range is about
+        entry = cohort.planted_effects["outcomes"][outcome]
+        if not low <= entry["oracle_auroc"] <= high:
             logger.warning(
                 "oracle AUROC of %s is %.3f, outside synthesize.oracle_auroc_range [%g, %g]",
                 outcome,

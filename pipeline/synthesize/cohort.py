@@ -4,7 +4,9 @@ Baseline traits share a Gaussian copula: one correlated standard-normal vector p
 trait's marginal distribution by its inverse CDF. The marginals are therefore exactly the configured ones
 (prevalences, truncated normals, the failed-trial distribution), while the latent correlations give the
 clinical associations (benzodiazepine use with anxious depression, suicide attempt with current ideation,
-failed trials with age, ...). Treatment (route, dose, sessions, psychotherapy) follows the site's case-mix.
+failed trials with age, ...). Hypertension, baseline blood pressure, baseline GAD-7 and postpartum onset come
+from their own stream (:mod:`.clinical`), tied to the copula's age and anxious-depression latents.
+Treatment (route, dose, sessions, psychotherapy) follows the site's case-mix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from pipeline.synthesize.clinical import simulate_clinical_baseline
 from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES, TRAITS, SynthesizeParams, trait_correlation_matrix
 
 Columns = dict[str, np.ndarray]
@@ -90,6 +93,7 @@ def simulate_baseline(params: SynthesizeParams, rng: np.random.Generator) -> Col
     cohort = params.cohort
     sites = params.sites
     site_rng, trait_rng, treatment_rng = rng.spawn(3)
+    (clinical_rng,) = rng.spawn(1)  # spawned after the others, so adding it left their streams unchanged
 
     site_index = _categorical(site_rng.random(n), np.array([s.share for s in sites]))
     chol = cholesky(trait_correlation_matrix(params.correlations))
@@ -144,6 +148,16 @@ def simulate_baseline(params: SynthesizeParams, rng: np.random.Generator) -> Col
     }
     for flag, prevalence in cohort.prevalence.model_dump().items():
         columns[flag] = _upper_tail(z[flag], prevalence)
+    columns.update(
+        simulate_clinical_baseline(
+            params,
+            age=age,
+            age_latent=z["age"],
+            anxious_latent=z["anxious_depression"],
+            female=columns["sex"] == "F",
+            rng=clinical_rng,
+        )
+    )
     columns.update(_simulate_treatment(params, site_index, age, treatment_rng))
     columns["_site_index"] = site_index  # internal: site offsets and route tables are looked up by index
     return columns

@@ -7,12 +7,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.special import logit
+from scipy.special import expit, logit
 from scipy.stats import rankdata
 
 from pipeline.harmonise import REMISSION_MAX_MADRS
-from pipeline.synthesize.outcomes import Term, model_terms, planted_coefficients, term_values
-from pipeline.synthesize.params import SynthesizeParams
+from pipeline.synthesize.outcomes import (
+    Term,
+    bivariate_normal_upper,
+    model_terms,
+    normal_from_logistic,
+    planted_coefficients,
+    term_values,
+)
+from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES, SynthesizeParams
 from pipeline.synthesize.truth import SimulatedTruth
 
 DIGITS = 6  # rounding keeps the JSON short; it is deterministic either way
@@ -28,6 +35,23 @@ OUTCOMES: dict[str, tuple[str, str, bool]] = {
     "response_end": ("p_response_end", "end", True),
     "remission_end": ("p_remission_end", "end", True),
     "sustained_week8": ("p_sustained_week8", "week8", False),
+}
+# outcomes of lit §11-§12, not logistic in the terms: outcome -> (probability column, the terms their generating
+# model uses; 'end' stands for every term of the end-of-induction latent). Their 'coefficients' are the
+# least-squares projection of the true log-odds on those terms (and the site); every other term is planted 0.
+PROJECTED_OUTCOMES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bp_event_first": (
+        "p_bp_event_first",
+        (
+            "age_per_10y",
+            "hypertension_history",
+            "sbp_baseline_per_10",
+            "dbp_baseline_per_10",
+            *(f"route_{r}" for r in ROUTES[1:]),
+            "dose",
+        ),
+    ),
+    "anxiety_response_end": ("p_anxiety_response_end", ("end", "anxious_depression")),
 }
 
 
@@ -47,8 +71,42 @@ def oracle_aurocs(truth: pd.DataFrame) -> dict[str, float]:
     pairs = {
         **{o: (p, o) for o, (p, _, _) in OUTCOMES.items()},
         "response_end_early": ("p_response_end_early", "response_end"),
+        **{o: (p, o) for o, (p, _) in PROJECTED_OUTCOMES.items()},
     }
     return {name: auroc(truth[p].to_numpy(), truth[o].to_numpy(dtype=bool)) for name, (p, o) in pairs.items()}
+
+
+def anxiety_population(truth: pd.DataFrame, params: SynthesizeParams) -> np.ndarray:
+    """Patients whose baseline GAD-7 reaches the anxiety target's population (the anxiety task's eligibility)."""
+    return truth["gad7_baseline"].to_numpy(dtype="float64") >= params.anxiety.calibration_min_baseline
+
+
+def relapse_hazard_ratios(truth: pd.DataFrame, model: Any, params: SynthesizeParams) -> dict[str, float]:
+    """The planted psychotherapy effect read as lit §13 reads it: relapse by week 8 among end-of-induction
+    responders, as a hazard ratio vs no psychotherapy under proportional hazards, ln S_therapy / ln S_none, with
+    S the share of responders still responding at week 8. Counterfactual: every patient with and without it."""
+    terms = term_values(truth, params)
+    coefficients = planted_coefficients(params)
+    offsets = np.array([s.intercept for s in params.sites])
+    site = pd.Categorical(truth["site"], categories=[s.name for s in params.sites]).codes
+    eta = {}
+    for latent in ("end", "week8"):
+        total = model.intercepts[latent] + offsets[site]
+        for name, beta in coefficients[latent].items():
+            if beta != 0.0 and not name.startswith("psychotherapy_"):
+                total = total + beta * terms[name]
+        eta[latent] = total
+    responders = expit(eta["end"]).sum()
+    end_cut = normal_from_logistic(-eta["end"])
+
+    def sustained(therapy: str) -> float:
+        beta = coefficients["week8"].get(f"psychotherapy_{therapy}", 0.0)
+        cut = normal_from_logistic(-(eta["week8"] + beta))
+        rho = params.outcomes.latent_correlation.end_week8
+        return float(bivariate_normal_upper(end_cut, cut, rho).sum() / responders)
+
+    reference = np.log(sustained(PSYCHOTHERAPIES[0]))
+    return {therapy: round(float(np.log(sustained(therapy)) / reference), DIGITS) for therapy in PSYCHOTHERAPIES[1:]}
 
 
 def _rounded(mapping: dict[str, float]) -> dict[str, float]:
@@ -157,7 +215,41 @@ def planted_effects(simulated: SimulatedTruth, params: SynthesizeParams) -> dict
         "site offset + sum(coefficients * terms))); 'projection' is the least-squares fit of logit(p_sustained_week8) "
         "on the terms and site, the best linear summary of the true log-odds"
     )
-    sustained["projection"] = _rounded(_projection(truth, terms, params))
+    sustained["projection"] = _rounded(
+        _projection(truth, terms, params, column="p_sustained_week8", names=list(terms), rows=None)
+    )
+    outcomes["sustained_week8"]["relapse_hazard_ratio"] = relapse_hazard_ratios(truth, model, params)
+    anxious = anxiety_population(truth, params)
+    for outcome, (probability, used) in PROJECTED_OUTCOMES.items():
+        rows = anxious if outcome == "anxiety_response_end" else np.ones(len(truth), dtype=bool)
+        names = [name for name in terms if name in used or ("end" in used and coefficients["end"][name] != 0.0)]
+        projection = _projection(truth, terms, params, column=probability, names=names, rows=rows)
+        outcomes[outcome] = {
+            "probability_column": probability,
+            "exact": False,
+            "coefficients": _rounded({name: projection.get(name, 0.0) for name in terms}),
+            "feature_importance": _rounded(
+                _importance(
+                    {k: v[rows] for k, v in terms.items()}, {n: projection.get(n, 0.0) for n in terms}, definitions
+                )
+            ),
+            "realised_rate": round(float(truth[outcome].astype(bool)[rows].mean()), DIGITS),
+            "mean_true_probability": round(float(truth[probability][rows].mean()), DIGITS),
+            "oracle_auroc": round(
+                auroc(truth[probability].to_numpy()[rows], truth[outcome].to_numpy(bool)[rows]), DIGITS
+            ),
+            "population": (
+                f"gad7_baseline >= {params.anxiety.calibration_min_baseline}"
+                if outcome == "anxiety_response_end"
+                else "all patients"
+            ),
+            "note": (
+                "not logistic in the terms: 'coefficients' are the least-squares projection of logit(probability) on "
+                "the terms its generating model uses (and the site), over the population; other terms are planted 0"
+            ),
+        }
+    outcomes["anxiety_response_end"]["target_rate"] = params.anxiety.response_target
+    outcomes["anxiety_response_end"]["offset"] = round(simulated.anxiety_offset, DIGITS)
     outcomes["response_end_early"] = {
         "probability_column": "p_response_end_early",
         "exact": True,
@@ -195,16 +287,25 @@ def _remission_slope(baseline: np.ndarray, spread: float, max_ratio: float) -> f
     return float(6.0 * slope.mean())
 
 
-def _projection(truth: pd.DataFrame, terms: dict[str, np.ndarray], params: SynthesizeParams) -> dict[str, float]:
-    """Least-squares coefficients of logit(p_sustained_week8) on the terms (with site dummies and an intercept)."""
-    rows = slice(0, PROJECTION_ROWS)  # rows are i.i.d., so the first ones are a random sample
-    names = list(terms)
+def _projection(
+    truth: pd.DataFrame,
+    terms: dict[str, np.ndarray],
+    params: SynthesizeParams,
+    *,
+    column: str,
+    names: list[str],
+    rows: np.ndarray | None,
+) -> dict[str, float]:
+    """Least-squares coefficients of logit(``column``) on the named terms (with site dummies and an intercept),
+    over ``rows`` (a mask; None: all) capped at the first PROJECTION_ROWS of them."""
+    selected = np.flatnonzero(np.ones(len(truth), dtype=bool) if rows is None else rows)
+    rows = selected[:PROJECTION_ROWS]  # rows are i.i.d., so the first ones are a random sample
     site = truth["site"].to_numpy(dtype=object)[rows]
     sites = [s.name for s in params.sites][1:]
     design = np.column_stack(
         [np.ones(len(site)), *(terms[name][rows] for name in names), *((site == s).astype(float) for s in sites)]
     )
-    p = np.clip(truth["p_sustained_week8"].to_numpy(dtype="float64")[rows], 1e-12, 1 - 1e-12)
+    p = np.clip(truth[column].to_numpy(dtype="float64")[rows], 1e-12, 1 - 1e-12)
     solution, *_ = np.linalg.lstsq(design, logit(p), rcond=None)
     # columns that are constant (e.g. a route nobody takes) get no coefficient rather than an arbitrary one
     constant = design.std(axis=0) == 0

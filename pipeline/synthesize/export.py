@@ -8,7 +8,8 @@ Rendering (not logged: values keep their meaning) writes categories as any accep
 Defects (each logged with the cell's clean and exported text):
 
 - ``missing_at_random``: baseline and early cells blanked with a fixed probability;
-- ``missing_not_at_random``: follow-up scores blanked more often when the patient did not respond at that visit;
+- ``missing_not_at_random``: follow-up scores (MADRS, and the GAD-7 at the end) blanked more often when the
+  patient did not respond at that visit;
 - ``bmi_not_recorded``: BMI blank although weight and height are given (the cleaner derives it);
 - ``impossible_value``: one number per affected row outside the contract's range on every scale (age 250, MADRS 75);
 - ``unknown_code``: one category per affected row replaced by a typo not in the code lists (``femal``, ``Spravto``);
@@ -58,6 +59,11 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "bzd_mg_deq",
     "crp_mg_l",
     "si_current",
+    "htn",
+    "bp_sys_pre",
+    "bp_dia_pre",
+    "postpartum_onset",
+    "gad7_baseline",
     "route",
     "dose",
     "n_sessions",
@@ -70,12 +76,16 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "score_week8",
     "cadss_peak_first",
     "sbp_rise_first",
+    "dbp_rise_first",
+    "gad7_end",
 )
 UNIT_SYSTEMS = ("metric", "imperial")  # a site's units; WEIGHT_UNITS and HEIGHT_UNITS are indexed alike
 WEIGHT_UNITS = ("kg", "lb")
 HEIGHT_UNITS = ("cm", "in")
 # Follow-up scores: missed more often by patients who did not respond at that visit (MNAR).
 FOLLOW_UP_SCORES = ("madrs_acute", "madrs_end", "madrs_week8")
+# Follow-up questionnaires outside the depression scores, with the outcome that decides how often they are missed.
+FOLLOW_UP_OTHER: dict[str, str] = {"gad7_end": "anxiety_response_end"}
 # Impossible values per canonical column, as whole numbers [low, high]: outside the contract's range, and for
 # scores above every scale's maximum (MADRS 60, HAM-D17 52, QIDS-SR16 27) and above 60 after conversion.
 IMPOSSIBLE_RANGES: dict[str, tuple[int, int]] = {
@@ -88,6 +98,11 @@ IMPOSSIBLE_RANGES: dict[str, tuple[int, int]] = {
     "n_sessions": (41, 99),
     "cadss_peak_first": (93, 150),
     "sbp_rise_first_mmhg": (130, 300),
+    "dbp_rise_first_mmhg": (90, 200),
+    "sbp_baseline": (260, 400),
+    "dbp_baseline": (160, 300),
+    "gad7_baseline": (22, 63),  # above the GAD-7 maximum of 21
+    "gad7_end": (22, 63),
     "madrs_baseline": (75, 99),
     "madrs_24h": (75, 99),
     "madrs_acute": (75, 99),
@@ -494,7 +509,9 @@ def _blank_cells(
         _blank(columns[column], rows)
 
     # baseline and early cells; a unit goes with its value
+    other_follow_up = [layout.raw_name(c) for c in FOLLOW_UP_OTHER]
     at_random = [*layout.numeric, *layout.coded, *layout.boolean, weight_col, height_col]
+    at_random = [c for c in at_random if c not in other_follow_up]
     at_random += [raw for raw in layout.scores if raw not in follow_up]
     for column in at_random:
         rows = np.flatnonzero(missing_rng.random(n) < rates.missing_at_random)
@@ -507,6 +524,10 @@ def _blank_cells(
         responded = truth[layout.scores[raw]].to_numpy(dtype="float64") <= RESPONSE_FRACTION * baseline
         rate = np.where(responded, rates.followup_missing_responder, rates.followup_missing_nonresponder)
         blank("missing_not_at_random", raw, np.flatnonzero(mnar_rng.random(n) < rate))
+    for canonical, outcome in FOLLOW_UP_OTHER.items():
+        responded = truth[outcome].to_numpy(dtype=bool)
+        rate = np.where(responded, rates.followup_missing_responder, rates.followup_missing_nonresponder)
+        blank("missing_not_at_random", layout.raw_name(canonical), np.flatnonzero(mnar_rng.random(n) < rate))
 
     bmi_col = layout.raw_name("bmi")
     derivable = ~_missing(columns[bmi_col]) & ~_missing(columns[weight_col]) & ~_missing(columns[height_col])

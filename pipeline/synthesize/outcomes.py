@@ -71,6 +71,12 @@ def model_terms(params: SynthesizeParams) -> tuple[Term, ...]:
         Term("crp_high", ("crp_mg_l",), f"1 if crp_mg_l >= {crp_high:g} mg/L"),
         Term("madrs_baseline_per_6", ("madrs_baseline",), "madrs_baseline / 6"),
         Term("current_suicidal_ideation", ("current_suicidal_ideation",), "1 if true"),
+        # planted 0 on response (lit §11-§14): noise for the response tasks, structural for safety and anxiety
+        Term("hypertension_history", ("hypertension_history",), "1 if true"),
+        Term("sbp_baseline_per_10", ("sbp_baseline",), "sbp_baseline / 10 (mmHg)"),
+        Term("dbp_baseline_per_10", ("dbp_baseline",), "dbp_baseline / 10 (mmHg)"),
+        Term("postpartum_onset", ("postpartum_onset",), "1 if true"),
+        Term("gad7_baseline_per_5", ("gad7_baseline",), "gad7_baseline / 5 (GAD-7 points)"),
         *(Term(f"route_{r}", ("route",), f"1 if route == '{r}' (reference iv_racemic)") for r in ROUTES[1:]),
         Term(
             "esketamine_older_adult",
@@ -110,6 +116,8 @@ def term_values(columns: Mapping[str, Any], params: SynthesizeParams) -> dict[st
             "family_history_aud",
             "prior_ect",
             "current_suicidal_ideation",
+            "hypertension_history",
+            "postpartum_onset",
         )
     }
     values = {
@@ -122,6 +130,9 @@ def term_values(columns: Mapping[str, Any], params: SynthesizeParams) -> dict[st
         "benzodiazepine_high": (bzd > params.effects.benzodiazepine_high_mg).astype("float64"),
         "crp_high": (_as_array(columns, "crp_mg_l", "float64") >= params.cohort.crp.high_mg_l).astype("float64"),
         "madrs_baseline_per_6": _as_array(columns, "madrs_baseline", "float64") / 6.0,
+        "sbp_baseline_per_10": _as_array(columns, "sbp_baseline", "float64") / 10.0,
+        "dbp_baseline_per_10": _as_array(columns, "dbp_baseline", "float64") / 10.0,
+        "gad7_baseline_per_5": _as_array(columns, "gad7_baseline", "float64") / 5.0,
         **{f"route_{r}": (route == r).astype("float64") for r in ROUTES[1:]},
         "esketamine_older_adult": (
             (route == "intranasal_esketamine") & (age >= params.treatment.older_adult_age)

@@ -90,6 +90,12 @@ class Site(Frozen):
     psychotherapy_mix: PsychotherapyMix
     scale: Scale = Field(description="Rating scale the site records depression scores on.")
     units: Literal["metric", "imperial"] = Field(description="kg/cm or lb/in for weight and height.")
+    sbp_rise_mean: float | None = Field(
+        default=None,
+        ge=-60,
+        le=120,
+        description="Mean first-session SBP rise (mmHg) of this site's cohort; None: early_markers.sbp_rise_mean.",
+    )
 
 
 class AgeParams(Frozen):
@@ -163,6 +169,7 @@ class HeightParams(Frozen):
 
 class CohortParams(Frozen):
     female: Probability
+    postpartum_onset_female: Probability = Field(description="P(postpartum-onset depression | female).")
     age: AgeParams
     bmi: BmiParams
     madrs_baseline: MadrsBaselineParams
@@ -331,6 +338,87 @@ class ExportParams(Frozen):
         return self
 
 
+class Gad7Baseline(Frozen):
+    mean: float = Field(ge=0, le=21)
+    sd: PositiveFloat
+    min: int = Field(ge=0, le=21)
+    max: int = Field(ge=0, le=21)
+
+    @model_validator(mode="after")
+    def _order(self) -> Gad7Baseline:
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class AnxietyParams(Frozen):
+    """Baseline GAD-7 and its change to the end of induction, tied to the depression trajectory (lit §11).
+
+    Fractional GAD-7 change = depression_slope x (MADRS_end / MADRS_baseline - 1, unrounded) + offset
+    + anxious_depression_direct x anxious_depression + Normal(0, noise_sd); the offset is calibrated so that
+    the anxiety response rate among patients with baseline GAD-7 >= calibration_min_baseline is response_target.
+    """
+
+    gad7_baseline: Gad7Baseline
+    anxious_depression_correlation: Correlation = Field(description="Latent corr(GAD-7 baseline, anxious dep.).")
+    calibration_min_baseline: int = Field(ge=1, le=21, description="GAD-7 >= this: the population of the target.")
+    response_target: OpenProbability
+    depression_slope: float = Field(ge=0, le=2)
+    anxious_depression_direct: float = Field(ge=-1, le=1)
+    noise_sd: float = Field(gt=0, le=1)
+
+
+class BaselineBp(Frozen):
+    """Baseline (pre-dose) blood pressure: Normal(mean + per_year (age - reference) + hypertension, sd), truncated."""
+
+    mean: float = Field(ge=40, le=200)
+    per_year: float = Field(ge=-5, le=5)
+    hypertension: float = Field(ge=-50, le=80)
+    sd: PositiveFloat
+    min: float = Field(ge=30, le=250)
+    max: float = Field(ge=30, le=250)
+
+    @model_validator(mode="after")
+    def _order(self) -> BaselineBp:
+        if self.min >= self.max:
+            raise ValueError("min must be below max")
+        return self
+
+
+class RouteRise(Frozen):
+    """First-session SBP rise of a route relative to IV racemic ketamine (mmHg)."""
+
+    intranasal_esketamine: float = Field(ge=-60, le=60)
+    oral: float = Field(ge=-60, le=60)
+    im_sc: float = Field(ge=-60, le=60)
+
+
+class BloodPressureParams(Frozen):
+    """Baseline blood pressure, hypertension history and the first session's rise (lit §12).
+
+    SBP rise ~ Normal(site mean + per-year age term + hypertension + dose + route + dissociation, sbp_rise_sd);
+    DBP rise = dbp_rise_ratio x SBP rise + Normal(0, dbp_rise_noise_sd). The hypertensive event's thresholds
+    are the cleaner's (pipeline/harmonise.py BP_EVENT_*), so truth and cleaned data agree.
+    """
+
+    hypertension: Probability
+    hypertension_age_correlation: Correlation
+    reference_age: float = Field(ge=18, le=100)
+    sbp_baseline: BaselineBp
+    dbp_baseline: BaselineBp
+    dbp_sbp_correlation: Correlation
+    rise_hypertension: float = Field(ge=-30, le=60)
+    rise_per_quarter_mg_kg: float = Field(ge=-30, le=60, description="mmHg per +0.25 mg/kg above the reference.")
+    racemic_reference_mg_kg: float = Field(gt=0, le=5)
+    rise_per_28_mg_esketamine: float = Field(ge=-30, le=60, description="mmHg per +28 mg above the reference.")
+    esketamine_reference_mg: float = Field(gt=0, le=300)
+    rise_route: RouteRise
+    rise_dissociation: float = Field(ge=-30, le=60, description="mmHg added when CADSS > dissociation_cadss.")
+    dissociation_cadss: float = Field(ge=0, le=92)
+    dbp_rise_ratio: float = Field(ge=0, le=2)
+    dbp_rise_noise_sd: PositiveFloat
+
+
 class SynthesizeParams(Frozen):
     """The whole ``synthesize`` section (params.yaml holds every value with its citation)."""
 
@@ -344,6 +432,8 @@ class SynthesizeParams(Frozen):
     effects: PredictorEffects
     outcomes: OutcomeParams
     early_markers: EarlyMarkerParams
+    anxiety: AnxietyParams
+    blood_pressure: BloodPressureParams
     export: ExportParams
 
     @model_validator(mode="after")
@@ -356,6 +446,11 @@ class SynthesizeParams(Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"site names must be unique (got {names})")
         trait_correlation_matrix(self.correlations)  # raises if not a valid correlation matrix
+        bp = self.blood_pressure
+        sd_dbp = (bp.dbp_rise_ratio**2 * self.early_markers.sbp_rise_sd**2 + bp.dbp_rise_noise_sd**2) ** 0.5
+        if bp.dbp_rise_ratio * self.early_markers.sbp_rise_sd / sd_dbp >= 0.925:
+            # the event probability is a bivariate-normal orthant, computed exactly only below this correlation
+            raise ValueError("blood_pressure: corr(SBP rise, DBP rise) must stay below 0.925; raise dbp_rise_noise_sd")
         return self
 
 

@@ -10,6 +10,7 @@ from scipy.special import expit, ndtr
 from scipy.stats import nbinom
 
 from pipeline.harmonise import REMISSION_MAX_MADRS, RESPONSE_FRACTION
+from pipeline.synthesize.clinical import simulate_anxiety, simulate_blood_pressure
 from pipeline.synthesize.cohort import simulate_baseline
 from pipeline.synthesize.outcomes import (
     MADRS_MAX,
@@ -47,8 +48,13 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
     "prior_ect",
     "benzodiazepine_mg_deq",
     "crp_mg_l",
+    "hypertension_history",
+    "sbp_baseline",
+    "dbp_baseline",
+    "postpartum_onset",
     "madrs_baseline",
     "current_suicidal_ideation",
+    "gad7_baseline",
     "route",
     "dose",
     "n_sessions",
@@ -56,6 +62,7 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
     "madrs_24h",
     "cadss_peak_first",
     "sbp_rise_first_mmhg",
+    "dbp_rise_first_mmhg",
     "madrs_acute",
     "madrs_end",
     "madrs_week8",
@@ -64,6 +71,9 @@ CANONICAL_COLUMNS: tuple[str, ...] = (
     "response_end",
     "remission_end",
     "sustained_week8",
+    "gad7_end",
+    "anxiety_response_end",
+    "bp_event_first",
     "madrs_placebo_acute",
     "response_placebo_acute",
     "madrs_source_scale",
@@ -78,9 +88,14 @@ PROBABILITY_COLUMNS: tuple[str, ...] = (
     "p_remission_end",
     "p_sustained_week8",
     "p_response_end_early",
+    "p_anxiety_response_end",
+    "p_bp_event_first",
     "p_response_acute_predictors",
     "p_response_end_predictors",
     "p_response_end_early_predictors",
+    "p_sustained_week8_predictors",
+    "p_anxiety_response_end_predictors",
+    "p_bp_event_first_predictors",
 )
 RACEMIC_ROUTES = ("iv_racemic", "oral", "im_sc")  # CADSS predicts response for racemic ketamine only (lit §8c)
 
@@ -89,6 +104,7 @@ RACEMIC_ROUTES = ("iv_racemic", "oral", "im_sc")  # CADSS predicts response for 
 class SimulatedTruth:
     frame: pd.DataFrame  # CANONICAL_COLUMNS + PROBABILITY_COLUMNS, one row per patient
     model: CalibratedModel
+    anxiety_offset: float = 0.0  # calibrated offset of the fractional GAD-7 change (see .clinical)
 
 
 def patient_ids(n: int) -> np.ndarray:
@@ -114,6 +130,7 @@ def _cadss_cdf_table(params: SynthesizeParams) -> np.ndarray:
 def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> SimulatedTruth:
     """Generate the clean cohort with its calibrated model; pure apart from the random generator."""
     baseline_rng, latent_rng, marker_rng = rng.spawn(3)
+    (clinical_rng,) = rng.spawn(1)  # spawned after the others, so adding it left their streams unchanged
     columns = simulate_baseline(params, baseline_rng)
     n = params.n_patients
     site_index = columns.pop("_site_index")
@@ -151,9 +168,16 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         cadss_int[on_route] = np.searchsorted(cdf_table[k], ndtr(n_cadss[on_route]), side="left")  # min k: F(k) >= u
     cadss = cadss_int.astype("float64")
 
-    markers = params.early_markers
-    sbp_mean = markers.sbp_rise_mean + markers.sbp_rise_per_year * (columns["age"] - markers.sbp_reference_age)
-    sbp = np.clip(np.floor(sbp_mean + markers.sbp_rise_sd * marker_rng.standard_normal(n) + 0.5), -60, 120)
+    weights = site_posterior(columns, route_index, params)
+    clinical_draws = clinical_rng.standard_normal((n, 2))
+    blood_pressure = simulate_blood_pressure(
+        columns, params, site_index=site_index, route_index=route_index, cadss=cadss, cadss_cdf_table=cdf_table,
+        sbp_normal=marker_rng.standard_normal(n), dbp_normal=clinical_draws[:, 0], site_weights=weights,
+    )  # fmt: skip
+    anxiety, anxiety_offset = simulate_anxiety(
+        columns, params, eta_end=eta["end"], z_end=z_end, spread=spread, max_ratio=max_ratio,
+        noise=clinical_draws[:, 1], site_index=site_index, site_weights=weights,
+    )  # fmt: skip
 
     # true probabilities given what is known at each prediction time
     end_cut = normal_from_logistic(-eta["end"])
@@ -164,7 +188,7 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         cdf_table[route_index, cadss_int],
     )
     predictors_only = _site_marginal(
-        params, columns, route_index=route_index, site_index=site_index, eta=eta, madrs_24h=madrs_24h,
+        params, columns, weights=weights, site_index=site_index, eta=eta, madrs_24h=madrs_24h,
         cadss_cdf_interval=cadss_cdf_interval, rho_cadss=rho_cadss, model=model,
     )  # fmt: skip
     probabilities = {
@@ -175,7 +199,11 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
         "p_response_end_early": probability_given_markers(
             end_cut, h24_interval, corr.h24_acute * corr.acute_end, cadss_cdf_interval, rho_cadss
         ),
+        "p_anxiety_response_end": anxiety.pop("p_anxiety_response_end"),
+        "p_bp_event_first": blood_pressure.pop("p_bp_event_first"),
         **predictors_only,
+        "p_anxiety_response_end_predictors": anxiety.pop("p_anxiety_response_end_predictors"),
+        "p_bp_event_first_predictors": blood_pressure.pop("p_bp_event_first_predictors"),
     }
 
     half_baseline = RESPONSE_FRACTION * madrs_baseline
@@ -188,7 +216,8 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
             **{name: columns[name] for name in BASELINE_COLUMNS},
             "madrs_24h": madrs_24h,
             "cadss_peak_first": cadss,
-            "sbp_rise_first_mmhg": sbp,
+            "sbp_rise_first_mmhg": blood_pressure["sbp_rise_first_mmhg"],
+            "dbp_rise_first_mmhg": blood_pressure["dbp_rise_first_mmhg"],
             "madrs_acute": madrs_acute,
             "madrs_end": madrs_end,
             "madrs_week8": madrs_week8,
@@ -197,20 +226,23 @@ def simulate_truth(params: SynthesizeParams, rng: np.random.Generator) -> Simula
             "response_end": response_end,
             "remission_end": madrs_end <= REMISSION_MAX_MADRS,
             "sustained_week8": response_end & (madrs_week8 <= half_baseline),
+            "gad7_end": anxiety["gad7_end"],
+            "anxiety_response_end": anxiety["anxiety_response_end"],
+            "bp_event_first": blood_pressure["bp_event_first"],
             "madrs_placebo_acute": np.nan,  # the saline crossover exists only in ds005917
             "response_placebo_acute": None,
             "madrs_source_scale": pd.Series(columns["site"]).map(site_scale).to_numpy(dtype=object),
-            **probabilities,
+            **{name: probabilities[name] for name in PROBABILITY_COLUMNS},
         }
     )
-    return SimulatedTruth(frame=frame, model=model)
+    return SimulatedTruth(frame=frame, model=model, anxiety_offset=anxiety_offset)
 
 
 def _site_marginal(
     params: SynthesizeParams,
     columns: dict[str, np.ndarray],
     *,
-    route_index: np.ndarray,
+    weights: np.ndarray,
     site_index: np.ndarray,
     eta: dict[str, np.ndarray],
     madrs_24h: np.ndarray,
@@ -223,7 +255,6 @@ def _site_marginal(
     latent shares the acute linear predictor and so the site offset, re-weights the sites too."""
     n = len(site_index)
     corr = params.outcomes.latent_correlation
-    weights = site_posterior(columns, route_index, params)
     offsets = np.array([site.intercept for site in params.sites])
     without_site = {latent: values - offsets[site_index] for latent, values in eta.items()}
     joint_sum, marker_sum = np.zeros(n), np.zeros(n)
@@ -242,6 +273,15 @@ def _site_marginal(
     out = {
         "p_response_acute_predictors": (weights * expit(without_site["acute"][:, None] + offsets)).sum(axis=1),
         "p_response_end_predictors": (weights * expit(without_site["end"][:, None] + offsets)).sum(axis=1),
+        "p_sustained_week8_predictors": sum(
+            weights[:, k]
+            * bivariate_normal_upper(
+                normal_from_logistic(-(without_site["end"] + offset)),
+                normal_from_logistic(-(without_site["week8"] + offset)),
+                corr.end_week8,
+            )
+            for k, offset in enumerate(offsets)
+        ),
     }
     with np.errstate(invalid="ignore", divide="ignore"):
         out["p_response_end_early_predictors"] = np.where(

@@ -50,6 +50,7 @@ def save_test_model(
     folder: Path,
     logit: Callable[[pd.DataFrame], pd.Series],
     scoring_rule: dict | None = None,
+    info_overrides: dict | None = None,
 ) -> Path:
     """A small XGBoost model in this pipeline's bundle format, trained on canonical rows whose outcome follows
     ``logit(features)``; shared with the Dask tests. Its scoring rule requires madrs_baseline and allows up to 5
@@ -72,6 +73,7 @@ def save_test_model(
         "package_version": "test",
         "scoring_rule": scoring_rule or {"required_predictors": ["madrs_baseline"], "max_missing_fraction": 0.75},
         "training_ranges": training_ranges(X, spec),
+        **(info_overrides or {}),
     }  # fmt: skip
     save_bundle(
         folder, estimator=estimator, feature_spec=spec, info_fields=info,
