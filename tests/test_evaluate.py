@@ -33,10 +33,11 @@ from pipeline.evaluate import (
 )
 from pipeline.features import FeatureColumn, FeatureSpec, build_features, build_target
 from pipeline.io import write_parquet
-from pipeline.model import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
+from pipeline.modelling.bundle import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
+from pipeline.modelling.params import TrainParams
+from pipeline.modelling.training import save_candidates, train_task
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams, task_predictors
-from pipeline.train import TrainParams, save_candidates, train_task
 from tests.conftest import REPO_ROOT, register_training_run
 
 SEED = 11

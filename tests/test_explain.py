@@ -21,8 +21,6 @@ from sklearn.calibration import CalibratedClassifierCV
 from threadpoolctl import threadpool_limits
 
 from pipeline import explain
-from pipeline.calibration import CalibratedModel
-from pipeline.contributions import model_margin
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.explain import (
     LOG_ODDS,
@@ -42,16 +40,20 @@ from pipeline.explain import (
 )
 from pipeline.features import FeatureSpec, build_features
 from pipeline.io import write_parquet
-from pipeline.model import OUTPUT_COLUMN, Bundle, ModelInfo, RiskBand, load_bundle, save_bundle
+from pipeline.modelling.bundle import OUTPUT_COLUMN, Bundle, ModelInfo, RiskBand, load_bundle, save_bundle
+from pipeline.modelling.calibration import CalibratedModel
+from pipeline.modelling.candidates import make_estimator
+from pipeline.modelling.contributions import model_margin
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams
-from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT, register_training_run
 
 matplotlib.use("Agg")
 
 SEED = 7
-LEGACY = "legacy_sigmoid"  # a sigmoid CalibratedClassifierCV, as models saved before pipeline.calibration hold
+LEGACY = (
+    "legacy_sigmoid"  # a sigmoid CalibratedClassifierCV, as models saved before pipeline.modelling.calibration hold
+)
 N_TRAIN, N_TEST = 3000, 600
 TASKS = TasksParams.model_validate(read_params_file(REPO_ROOT / "params.yaml")["tasks"])
 ACUTE = TASKS.get("acute")
@@ -204,7 +206,7 @@ def fit(candidate: str, calibration: str, train: pd.DataFrame, spec: FeatureSpec
         estimator.set_params(n_estimators=60, max_depth=3)
     elif candidate == "hist_gb":
         estimator.set_params(max_iter=60, max_depth=3)
-    if calibration == LEGACY:  # models saved before pipeline.calibration
+    if calibration == LEGACY:  # models saved before pipeline.modelling.calibration
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
     elif calibration != "none":
         estimator = CalibratedModel(estimator, method=calibration, cv_folds=3, seed=SEED)
@@ -225,7 +227,7 @@ CANDIDATES = [
     ("logreg_spline", "none"),
     ("xgboost", "none"),
     ("hist_gb", "none"),
-    ("xgboost", "sigmoid"),  # pipeline.calibration reads the log-odds: the map is linear on that scale
+    ("xgboost", "sigmoid"),  # pipeline.modelling.calibration reads the log-odds: the map is linear on that scale
     ("hist_gb", "isotonic"),
     ("xgboost", LEGACY),  # CalibratedClassifierCV: XGBoost has no decision_function, so it reads the probability
 ]
@@ -697,9 +699,8 @@ def test_dvc_yaml_declares_the_stage_and_its_metrics_for_every_task() -> None:
     assert stage["do"]["outs"] == ["reports/${key}/explain", "data/explanations/${key}"]
     deps = stage["do"]["deps"]
     for needed in (
-        "pipeline/explain.py", "pipeline/contributions.py", "models/${key}", "data/processed/${key}/test.parquet",
+        "pipeline/explain.py", "pipeline/modelling", "models/${key}", "data/processed/${key}/test.parquet",
         "data/raw/synthetic/planted_effects.json", "data/raw/synthetic/true_contributions.parquet",
-        "pipeline/calibration.py", "pipeline/design.py",
     ):  # fmt: skip
         assert needed in deps
     # the per-patient out must not overlap the split stage's data/processed/<task>
