@@ -59,7 +59,7 @@ from pipeline.features import build_features, build_target
 from pipeline.params import Frozen
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class Candidate:
 
 def load_candidates(folder: Path) -> dict[str, Candidate]:
     """Every candidate in ``candidates.json``, hash-checked and loaded with the trusted-types list, by name."""
-    from pipeline.model import load_estimator  # noqa: PLC0415 (imports MLflow)
+    from pipeline.modelling.bundle import load_estimator  # noqa: PLC0415 (imports MLflow)
 
     index_path = Path(folder) / "candidates.json"
     if not index_path.is_file():
@@ -211,7 +211,7 @@ def _check_models(task: TaskSpec, champion: Bundle, candidates: dict[str, Candid
 
 
 def _predict(estimator: Any, features: pd.DataFrame) -> np.ndarray:
-    from pipeline.model import predict_proba  # noqa: PLC0415
+    from pipeline.modelling.bundle import predict_proba  # noqa: PLC0415
 
     return predict_proba(estimator, features)
 
@@ -368,7 +368,7 @@ def internal_numbers(internal: dict[str, Any] | None) -> dict[str, Any]:
     """The numbers of the train stage's internal validation (cv_metrics.json), for metrics.json."""
     if not internal:
         return {}
-    from pipeline.train import VALIDATED_METRICS  # noqa: PLC0415 (train imports scikit-learn and XGBoost)
+    from pipeline.modelling.params import VALIDATED_METRICS  # noqa: PLC0415 (imports scikit-learn)
 
     out: dict[str, Any] = {name: dict(internal[name]) for name in VALIDATED_METRICS if name in internal}
     out |= {k: internal[k] for k in ("repetitions", "repetitions_used", "n", "events") if k in internal}
@@ -1405,7 +1405,7 @@ def log_to_mlflow(task_name: str, root: Path, folder: Path, metrics_nested: dict
 def main(task_name: str) -> None:
     from pipeline.contract import load_contract  # noqa: PLC0415
     from pipeline.io import read_parquet  # noqa: PLC0415
-    from pipeline.model import load_bundle  # noqa: PLC0415
+    from pipeline.modelling.bundle import load_bundle  # noqa: PLC0415
     from pipeline.params import BaseParams, parse_section, read_params_file  # noqa: PLC0415
     from pipeline.paths import ProjectPaths  # noqa: PLC0415
     from pipeline.tasks import TasksParams  # noqa: PLC0415

@@ -52,13 +52,13 @@ import pandas as pd
 from pydantic import Field
 from scipy import stats
 
-from pipeline.contributions import SCALE_NOTE, explain, explained_estimator, model_margin
 from pipeline.errors import ConfigError, ModelError, PipelineError
 from pipeline.features import FeatureColumn, FeatureSpec, build_features
+from pipeline.modelling.contributions import SCALE_NOTE, explain, explained_estimator, model_margin
 from pipeline.params import Frozen
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the types are needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -642,7 +642,7 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
     """What turns the explained log-odds into the reported probability, in words and, where linear, numbers."""
     from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
 
-    from pipeline.calibration import CalibratedModel  # noqa: PLC0415
+    from pipeline.modelling.calibration import CalibratedModel  # noqa: PLC0415
 
     model, note = explained_estimator(estimator)
     explained = {"explained_model": type(model).__name__, "note": note}
@@ -1227,7 +1227,7 @@ def main(task_name: str) -> None:
 
     from pipeline.contract import load_contract  # noqa: PLC0415
     from pipeline.io import read_parquet  # noqa: PLC0415
-    from pipeline.model import load_bundle  # noqa: PLC0415
+    from pipeline.modelling.bundle import load_bundle  # noqa: PLC0415
     from pipeline.params import BaseParams, parse_section, read_params_file  # noqa: PLC0415
     from pipeline.paths import ProjectPaths  # noqa: PLC0415
     from pipeline.tasks import TasksParams  # noqa: PLC0415
