@@ -1,4 +1,4 @@
-"""Rows per second of the explanation paths the scorer and the explain stage share (pipeline.contributions).
+"""Rows per second of the explanation paths the scorer and the explain stage share (pipeline.modelling.contributions).
 
 For each candidate family the pipeline trains, a model is fitted on synthetic rows of the ``acute`` task's
 features at the most expensive corner of the ``train`` grid in params.yaml (most trees, deepest), then
@@ -67,7 +67,7 @@ def largest_grid_point(name: str, grid: dict[str, list]) -> dict[str, object]:
 
 
 def fitted_models(X: pd.DataFrame, y: np.ndarray, seed: int) -> dict[str, object]:
-    from pipeline.train import make_estimator  # noqa: PLC0415
+    from pipeline.modelling.candidates import make_estimator  # noqa: PLC0415
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["train"]["candidates"]
     models = {}
@@ -93,8 +93,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=20261127)
     args = parser.parse_args()
 
-    from pipeline.contributions import explain, model_margin  # noqa: PLC0415
     from pipeline.features import build_features  # noqa: PLC0415
+    from pipeline.modelling.contributions import explain, model_margin  # noqa: PLC0415
 
     rng = np.random.default_rng(args.seed)
     train, spec = synthetic_rows(TRAIN_ROWS, rng)

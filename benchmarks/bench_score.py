@@ -178,7 +178,7 @@ def floor(input_path: Path, output_path: Path, model: Path, chunk_size: int) -> 
 
     from pipeline.contract import load_contract  # noqa: PLC0415
     from pipeline.features import build_features  # noqa: PLC0415
-    from pipeline.model import load_bundle  # noqa: PLC0415
+    from pipeline.modelling.bundle import load_bundle  # noqa: PLC0415
 
     bundle = load_bundle(model)
     spec = bundle.feature_spec

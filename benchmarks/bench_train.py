@@ -38,10 +38,11 @@ def main() -> None:
     import numpy as np  # noqa: PLC0415
     from joblib import Parallel, delayed  # noqa: PLC0415
 
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
-    from pipeline.train import evaluate_candidate, load_training_inputs  # noqa: PLC0415
+    from pipeline.modelling.candidates import evaluate_candidate  # noqa: PLC0415
+    from pipeline.modelling.training import load_training_inputs  # noqa: PLC0415
+    from pipeline.stage import StageContext  # noqa: PLC0415
 
-    inputs = load_training_inputs(args.task, ProjectPaths.discover())
+    inputs = load_training_inputs(StageContext.open(args.task))
     X, y, params, seed = inputs.X, inputs.y, inputs.params, inputs.seed
     multipliers = [int(m) for m in args.multipliers.split(",") if m.strip()]
     names = [n.strip() for n in args.candidates.split(",")] if args.candidates else list(params.candidates)

@@ -1,10 +1,13 @@
 """Typed, frozen params: each stage owns a pydantic model of its ``params.yaml`` section.
 
 Typos and out-of-range values fail before any file is written, with the dotted name of the param.
+:data:`SECTIONS` names the model of every section in one place (:func:`section_model` imports it by name, so this
+bottom module imports no stage), and :func:`validate_params` checks a whole params.yaml at once.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,3 +68,35 @@ def format_errors(exc: ValidationError, prefix: str = "") -> str:
         shown = "" if isinstance(got, dict | list) or err["type"] == "missing" else f" (got {got!r})"
         lines.append(f"{loc}: {err['msg']}{shown}")
     return "; ".join(lines)
+
+
+# section of params.yaml -> "module:Model". Imported by name: the models live beside the code that reads them (and
+# several import scikit-learn), while this module stays at the bottom of the import graph.
+SECTIONS: dict[str, str] = {
+    "base": "pipeline.params:BaseParams",
+    "tasks": "pipeline.tasks:TasksParams",
+    "synthesize": "pipeline.synthesize.params:SynthesizeParams",
+    "clean": "pipeline.clean:CleanParams",
+    "split": "pipeline.split:SplitParams",
+    "train": "pipeline.modelling.params:TrainParams",
+    "evaluate": "pipeline.evaluate:EvaluateParams",
+    "explain": "pipeline.explain:ExplainParams",
+    "report": "pipeline.report:ReportParams",
+}
+
+
+def section_model(section: str) -> type[BaseModel]:
+    """The params model of ``section`` (a ConfigError for a section no stage reads)."""
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown params section '{section}'", hint=f"sections: {', '.join(SECTIONS)}")
+    module, _, name = SECTIONS[section].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def validate_params(params_file: Path) -> dict[str, BaseModel]:
+    """Every section of ``params_file`` parsed by its model; unknown or missing sections are ConfigErrors."""
+    raw = read_params_file(params_file)
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}", file=params_file, hint=f"sections: {', '.join(SECTIONS)}")
+    return {section: parse_section(section_model(section), raw, section, params_file) for section in SECTIONS}

@@ -16,7 +16,7 @@ from pipeline.params import Frozen
 from pipeline.sample_size import GATE_HINT, SampleSizeCheck, check_sample_size, gate_message
 
 if TYPE_CHECKING:  # train imports this module
-    from pipeline.train import SelectionParams, TrainParams
+    from pipeline.modelling.params import SelectionParams, TrainParams
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,11 @@ import pandas as pd
 from pydantic import Field, field_validator
 from sklearn.model_selection import train_test_split
 
-from pipeline.contract import load_contract
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
-from pipeline.params import BaseParams, Frozen, parse_section, read_params_file
-from pipeline.paths import ProjectPaths
-from pipeline.tasks import TasksParams, TaskSpec, population_mask
+from pipeline.params import Frozen
+from pipeline.stage import StageContext
+from pipeline.tasks import TaskSpec, population_mask
 
 log = logging.getLogger(__name__)
 
@@ -125,22 +124,17 @@ def split_cohort(
 
 
 def main(task_name: str) -> None:
-    paths = ProjectPaths.discover()
-    raw = read_params_file(paths.params_file)
-    seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
-    task = parse_section(TasksParams, raw, "tasks", paths.params_file).get(task_name)
-    params = parse_section(SplitParams, raw, "split", paths.params_file)
-    contract = load_contract(paths.cohort_schema)
-    cohort = contract.coerce(read_parquet(paths.interim_dir / "cohort.parquet", "clean cohort"))
+    ctx = StageContext.open(task_name)
+    task, params, seed = ctx.task, ctx.section(SplitParams, "split"), ctx.seed
+    cohort = ctx.contract.coerce(read_parquet(ctx.paths.interim_dir / "cohort.parquet", "clean cohort"))
     train, test = split_cohort(cohort, task, params, seed)
-    out = paths.processed_dir / task_name
-    write_parquet(train, out / "train.parquet")
-    write_parquet(test, out / "test.parquet")
+    write_parquet(train, ctx.train_split)
+    write_parquet(test, ctx.test_split)
     summary: dict = {
         split: {"n": len(part), "events": int(part[task.target].astype(bool).sum())}
         for split, part in (("train", train), ("test", test))
     }
     summary["protocol"] = protocol(params, len(train) + len(test))
     summary["development_cohorts"] = list(params.cohorts)
-    write_json(summary, out / "split.json")
+    write_json(summary, ctx.split_summary_file)
     log.info("%s: train %s, test %s", task_name, summary["train"], summary["test"])

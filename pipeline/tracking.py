@@ -13,13 +13,21 @@ Tags (the names in the MLflow UI and in ``mlflow.search_runs`` as ``tags.<name>`
 candidate alike, carries ``git_sha`` and, inside DVC, ``DVC_EXP_NAME``, ``DVC_EXP_BASELINE_REV`` and
 ``DVC_STAGE`` (DVC's own variable names). Experiments carry ``mlflow.experimentKind`` so the UI opens the
 model-training view rather than the GenAI one.
+
+Stages open their runs through one helper: :func:`stage_run` (a new run, or a nested one, tagged and with its
+params flattened) and :func:`extending_training_run` (evaluate, explain and report add to the training run of
+the model they read); :func:`flatten_params` and :func:`finite_metrics` shape what they log.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import os
 import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -292,3 +300,58 @@ def promote_if_gated(name: str, version: str, reasons: list[str]) -> dict[str, A
     else:
         log.warning("%s: version %s stays without the %s alias: %s", name, version, CHAMPION_ALIAS, reasons)
     return {"registered_model": name, "version": version, "gate_passed": passed, "gate_reasons": reasons}
+
+
+def flatten_params(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested params -> dotted keys (``train.gate.min_cv_auroc_lower``), as MLflow params take them."""
+    if isinstance(value, dict):
+        pairs = (flatten_params(f"{prefix}.{k}" if prefix else str(k), v).items() for k, v in value.items())
+        return dict(itertools.chain.from_iterable(pairs))
+    return {prefix: value}
+
+
+def finite_metrics(values: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric, finite entries of ``values`` as floats, keys prefixed (MLflow refuses NaN in some stores, and a
+    missing number is better absent than a fake zero)."""
+    out = {}
+    for key, value in values.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):  # a bool counts as 0/1
+            continue
+        out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+@contextmanager
+def stage_run(
+    project_root: Path,
+    experiment: str,
+    run_name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    nested: bool = False,
+) -> Iterator[Any]:
+    """Open a stage's MLflow run: the store configured (outermost run only), the code and DVC tags of
+    :func:`run_tags` plus ``tags``, and ``params`` logged. Yields MLflow's active run."""
+    import mlflow  # noqa: PLC0415
+
+    if not nested:
+        configure(project_root, experiment)
+    with mlflow.start_run(run_name=run_name, nested=nested, tags={**run_tags(project_root), **(tags or {})}) as run:
+        if params:
+            mlflow.log_params(dict(params))
+        yield run
+
+
+@contextmanager
+def extending_training_run(project_root: Path, task_name: str, estimator_sha256: str, what: str) -> Iterator[bool]:
+    """Resume the training run of the model with this estimator to add ``what`` to it; yields False (and logs
+    nothing) when there is no store or no such run (see :func:`training_run_to_extend`)."""
+    run_id = training_run_to_extend(project_root, task_name, estimator_sha256, what)
+    if run_id is None:
+        yield False
+        return
+    import mlflow  # noqa: PLC0415
+
+    with mlflow.start_run(run_id=run_id):
+        yield True

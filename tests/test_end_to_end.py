@@ -101,7 +101,7 @@ def test_registry_champion_and_local_model_agree(repo) -> None:
     root, env = repo
     script = (
         "import mlflow, pandas as pd, numpy as np\n"
-        "from pipeline.model import load_bundle\n"
+        "from pipeline.modelling.bundle import load_bundle\n"
         "from pipeline.features import build_features\n"
         f"mlflow.set_tracking_uri('sqlite:///{root / 'mlflow.db'}')\n"
         f"mlflow.set_registry_uri('sqlite:///{root / 'mlflow.db'}')\n"
@@ -149,7 +149,7 @@ def test_scorer_reproduces_the_training_path_for_the_same_patients(repo) -> None
     assert len(both) > 1000
     script = (
         "import pandas as pd, numpy as np, sys\n"
-        "from pipeline.model import load_bundle\n"
+        "from pipeline.modelling.bundle import load_bundle\n"
         "from pipeline.features import build_features\n"
         "from pipeline.contract import load_contract\n"
         "c = load_contract()\n"

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, ExitCode
-from pipeline.params import BaseParams, load_section, parse_section, read_params_file
+from pipeline.params import (
+    BaseParams,
+    load_section,
+    parse_section,
+    read_params_file,
+    section_model,
+    validate_params,
+)
 from tests.conftest import REPO_ROOT
 
 
@@ -36,3 +43,20 @@ def test_unreadable_params_file(tmp_path: Path) -> None:
         load_section(BaseParams, "base", broken)
     with pytest.raises(ConfigError, match="not found"):
         load_section(BaseParams, "base", tmp_path / "absent.yaml")
+
+
+def test_every_section_of_the_repository_params_validates_against_its_model() -> None:
+    parsed = validate_params(REPO_ROOT / "params.yaml")
+    assert set(parsed) == set(read_params_file(REPO_ROOT / "params.yaml"))  # no section without a model
+    for section, model in parsed.items():
+        assert isinstance(model, section_model(section)), section
+
+
+def test_an_unknown_section_is_refused_with_the_known_ones(tmp_path: Path) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((REPO_ROOT / "params.yaml").read_text(encoding="utf-8") + "\ntrian:\n  cv_folds: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['trian'\]") as info:
+        validate_params(params_file)
+    assert "train" in str(info.value)
+    with pytest.raises(ConfigError, match="unknown params section 'trian'"):
+        section_model("trian")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ExitCode, PipelineError
+from pipeline.modelling.params import SelectionParams
 from pipeline.protocol import (
     SampleSizeParams,
     adapt_folds,
@@ -14,8 +15,7 @@ from pipeline.protocol import (
     sample_size_gate,
     small_cohort_selection,
 )
-from pipeline.train import SelectionParams
-from tests.test_train import tiny_params
+from tests.modelling.test_training import tiny_params
 
 
 def test_the_gate_stops_with_exit_6_unless_overridden() -> None:

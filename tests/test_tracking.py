@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import tracking
-from pipeline.model import load_bundle, log_saved_model
+from pipeline.modelling.bundle import load_bundle, log_saved_model
 from tests.scoring.helpers import save_test_model
 
 
@@ -87,3 +87,36 @@ def test_relocation_needs_the_artifacts_folder(tmp_path) -> None:
 )
 def test_old_roots_are_the_mlruns_prefixes_that_are_not_here(locations, expected) -> None:
     assert tracking._old_artifact_roots(locations, Path("/new/mlruns")) == expected
+
+
+def test_flatten_params_gives_dotted_keys_and_keeps_leaves() -> None:
+    flat = tracking.flatten_params("train", {"gate": {"min": 0.6, "slope": [0.8, 1.2]}, "n_jobs": 2})
+    assert flat == {"train.gate.min": 0.6, "train.gate.slope": [0.8, 1.2], "train.n_jobs": 2}
+    assert tracking.flatten_params("", {"a": {"b": 1}}) == {"a.b": 1}
+
+
+def test_finite_metrics_drops_missing_and_non_numeric_values() -> None:
+    values = {"auroc": 0.71, "n": 3, "passed": True, "slope": float("nan"), "name": "x", "none": None}
+    assert tracking.finite_metrics(values, "cv.") == {"cv.auroc": 0.71, "cv.n": 3.0, "cv.passed": 1.0}
+
+
+def test_stage_run_tags_and_logs_params_on_parent_and_nested_runs(tmp_path, mlflow_store) -> None:
+    with (
+        tracking.stage_run(tmp_path, "trd-x", "train-x", tags={"task": "x"}, params={"seed": 7}),
+        tracking.stage_run(tmp_path, "trd-x", "logreg", tags={"candidate": "logreg"}, nested=True),
+    ):
+        pass
+    runs = mlflow.search_runs(experiment_names=["trd-x"]).set_index("tags.mlflow.runName")
+    assert runs.loc["train-x", "params.seed"] == "7"
+    assert runs.loc["train-x", "tags.task"] == "x"
+    assert runs.loc["logreg", "tags.candidate"] == "logreg"
+    assert runs.loc["logreg", "tags.mlflow.parentRunId"] == runs.loc["train-x", "run_id"]
+    assert runs["tags.git_sha"].notna().all()  # every run, nested too, carries the code tags
+
+
+def test_extending_training_run_yields_false_without_a_store(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # a project with no mlflow.db
+    with tracking.extending_training_run(tmp_path, "acute", "0" * 64, "evaluation") as logging_to_mlflow:
+        assert logging_to_mlflow is False
+    assert not (tmp_path / "mlflow.db").exists()

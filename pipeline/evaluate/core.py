@@ -39,7 +39,7 @@ from pipeline.evaluate.types import (
 from pipeline.features import build_features, build_target
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)

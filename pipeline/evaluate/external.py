@@ -16,7 +16,7 @@ from pipeline.evaluate.types import EXTERNAL_VALIDATION_EVENTS, EvaluateParams, 
 from pipeline.features import build_features
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
 
 
 def _auroc_with_interval(

@@ -28,7 +28,7 @@ from pipeline.evaluate.types import (
 )
 from pipeline.headline import evaluation_headline
 from pipeline.io import atomic_folder, flatten_metrics, json_ready, read_parquet, write_frame_csv, write_json
-from pipeline.model import load_bundle, load_estimator
+from pipeline.modelling.bundle import load_bundle, load_estimator
 from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.tasks import TasksParams

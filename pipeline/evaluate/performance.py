@@ -26,7 +26,7 @@ from pipeline.evaluate.types import (
 )
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def check_models(task: TaskSpec, champion: Bundle, candidates: dict[str, Candida
 
 
 def predict(estimator: Any, features: pd.DataFrame) -> np.ndarray:
-    from pipeline.model import predict_proba  # noqa: PLC0415
+    from pipeline.modelling.bundle import predict_proba  # noqa: PLC0415
 
     return predict_proba(estimator, features)
 
@@ -260,8 +260,8 @@ def subgroup_performance(test: pd.DataFrame, y: np.ndarray, p: np.ndarray, param
 
 
 def _unwrap(estimator: Any) -> Any:
-    """The fitted base estimator inside a calibrated model (pipeline.calibration, or a CalibratedClassifierCV with
-    ensemble=False in models saved before it)."""
+    """The fitted base estimator inside a calibrated model (pipeline.modelling.calibration, or a CalibratedClassifierCV
+    with ensemble=False in models saved before it)."""
     if hasattr(estimator, "estimator_") and hasattr(estimator, "calibrator_method_"):
         return estimator.estimator_
     calibrated = getattr(estimator, "calibrated_classifiers_", None)

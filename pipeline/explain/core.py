@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from pipeline.contributions import SCALE_NOTE, explain, explained_estimator, model_margin
 from pipeline.errors import ConfigError, ModelError, PipelineError
 from pipeline.explain.fidelity import fidelity_checks
 from pipeline.explain.types import (
@@ -24,11 +23,12 @@ from pipeline.explain.types import (
     PlantedReference,
 )
 from pipeline.features import FeatureSpec, build_features
+from pipeline.modelling.contributions import SCALE_NOTE, explain, explained_estimator, model_margin
 from pipeline.synthesize.effects import CONTRIBUTION_SEPARATOR
 from pipeline.synthesize.planted import parse_planted_truth, true_values_of
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the types are needed here
-    from pipeline.model import Bundle
+    from pipeline.modelling.bundle import Bundle
     from pipeline.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def calibration_map(estimator: Any) -> dict[str, Any]:
     """What turns the explained log-odds into the reported probability, in words and, where linear, numbers."""
     from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
 
-    from pipeline.calibration import CalibratedModel  # noqa: PLC0415
+    from pipeline.modelling.calibration import CalibratedModel  # noqa: PLC0415
 
     model, note = explained_estimator(estimator)
     explained = {"explained_model": type(model).__name__, "note": note}
@@ -173,7 +173,7 @@ def _sigmoid_on_log_odds(slope: float, intercept: float) -> dict[str, Any]:
 
 
 def _own_calibrator_map(calibrator: dict[str, Any]) -> dict[str, Any]:
-    """pipeline.calibration's calibrators all read the explained log-odds."""
+    """pipeline.modelling.calibration's calibrators all read the explained log-odds."""
     if calibrator["method"] == "sigmoid":
         slope, intercept = float(calibrator["slope"]), float(calibrator["intercept"])
         return _sigmoid_on_log_odds(slope, intercept)

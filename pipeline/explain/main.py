@@ -26,7 +26,7 @@ from pipeline.io import (
     write_json,
     write_parquet,
 )
-from pipeline.model import load_bundle
+from pipeline.modelling.bundle import load_bundle
 from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.synthesize.planted import PLANTED_EFFECTS_FILE, TRUE_CONTRIBUTIONS_FILE, read_planted_effects

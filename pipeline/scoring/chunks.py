@@ -2,8 +2,8 @@
 
 A chunk goes through the source adapter's renaming (pipeline/sources/tabular.py), the shared harmonisation
 (codes, units, scales, ranges: pipeline/harmonise.py), the model's scoring rule, the duplicate check, the shared
-feature builder (pipeline/features.py) and the hash-checked, pickle-free model bundle (pipeline/model.py);
-explanations come from pipeline/contributions.py. Every row comes out either scored or rejected with its row
+feature builder (pipeline/features.py) and the hash-checked, pickle-free model bundle (pipeline/modelling/bundle.py);
+explanations come from pipeline/modelling/contributions.py. Every row comes out either scored or rejected with its row
 number, reason code and message, and ``rows in == scored + rejected`` is checked for every chunk.
 """
 
@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.errors import ExitCode, PipelineError
 from pipeline.features import build_features, insufficient_data, outside_training_range
 from pipeline.harmonise import HarmoniseResult, harmonise
-from pipeline.model import Bundle, risk_band
+from pipeline.modelling.bundle import Bundle, risk_band
 from pipeline.quarantine import Reason
 from pipeline.scoring.context import ScoringContext
 from pipeline.scoring.inputs import iter_chunks
@@ -129,7 +129,7 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
         }
     )
     if ctx.explain:
-        from pipeline.contributions import Explained, explain, top_drivers  # noqa: PLC0415
+        from pipeline.modelling.contributions import Explained, explain, top_drivers  # noqa: PLC0415
 
         if len(features):
             explained = explain(ctx.bundle.estimator, features, ctx.bundle.feature_spec)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pipeline.contract import CohortContract, load_contract
 from pipeline.errors import ExitCode, PipelineError
 from pipeline.harmonise import HarmoniseRules, rules_from_tabular_spec
-from pipeline.model import Bundle, load_bundle
+from pipeline.modelling.bundle import Bundle, load_bundle
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.scoring.dedupe import SeenIds

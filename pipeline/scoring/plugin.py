@@ -2,10 +2,11 @@
 
 The client loads the model (hash-checked) and ships the bundle's artifact files to every worker in a
 ``WorkerPlugin``. The plugin's ``setup`` runs once per worker (also on a worker that joins or restarts during the
-job): it writes the files to the worker's local folder, loads them with :func:`pipeline.model.load_bundle` (so the
-estimator's SHA-256 is checked on that worker, and pickle files are refused there too) and checks that the hash
-is the one the client loaded. Tasks take the loaded bundle from the plugin, so the model is loaded once per
-worker, not once per partition. Workers need no access to the project, the model folder or the MLflow registry.
+job): it writes the files to the worker's local folder, loads them with
+:func:`pipeline.modelling.bundle.load_bundle` (so the estimator's SHA-256 is checked on that worker, and pickle
+files are refused there too) and checks that the hash is the one the client loaded. Tasks take the loaded bundle
+from the plugin, so the model is loaded once per worker, not once per partition. Workers need no access to the
+project, the model folder or the MLflow registry.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from distributed import Client, WorkerPlugin, get_worker
 from pipeline.contract import CohortContract
 from pipeline.errors import ModelError
 from pipeline.harmonise import HarmoniseRules
-from pipeline.model import Bundle, load_bundle
+from pipeline.modelling.bundle import Bundle, load_bundle
 from pipeline.scales import ScaleConversions
 from pipeline.scoring.context import ScoringContext
 from pipeline.sources.spec import TabularSourceSpec

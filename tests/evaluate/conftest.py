@@ -14,10 +14,11 @@ from pipeline.evaluate.core import evaluate_task
 from pipeline.evaluate.main import load_candidates, write_outputs
 from pipeline.evaluate.types import EvaluateParams, Evaluation
 from pipeline.features import FeatureSpec, build_features, build_target
-from pipeline.model import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
+from pipeline.modelling.bundle import OUTPUT_COLUMN, Bundle, load_bundle, save_bundle
+from pipeline.modelling.params import TrainParams
+from pipeline.modelling.training import save_candidates, train_task
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams, task_predictors
-from pipeline.train import TrainParams, save_candidates, train_task
 from tests.conftest import REPO_ROOT
 
 SEED = 11

@@ -15,9 +15,9 @@ from pipeline.evaluate.core import evaluate_task
 from pipeline.evaluate.main import load_candidates, write_outputs
 from pipeline.evaluate.types import CHAMPION, EvaluateParams
 from pipeline.features import FeatureColumn, FeatureSpec, build_features, build_target
+from pipeline.modelling.training import train_task
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams, task_predictors
-from pipeline.train import train_task
 from tests.conftest import REPO_ROOT
 from tests.evaluate.conftest import (
     ACUTE,

@@ -12,7 +12,7 @@ from pipeline.evaluate.core import evaluate_task
 from pipeline.evaluate.external import external_validation
 from pipeline.evaluate.main import write_outputs
 from pipeline.features import build_features
-from pipeline.model import Bundle
+from pipeline.modelling.bundle import Bundle
 from tests.evaluate.conftest import ACUTE, SEED, champion_scores, eval_params, run
 
 # --------------------------------------------------------------------------------------------------------------

@@ -13,22 +13,23 @@ from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 from threadpoolctl import threadpool_limits
 
-from pipeline.calibration import CalibratedModel
 from pipeline.explain import types
 from pipeline.explain.core import explain_task, planted_reference
 from pipeline.explain.main import write_reports
 from pipeline.explain.types import ExplainParams, PlantedReference
 from pipeline.features import FeatureSpec, build_features
-from pipeline.model import Bundle, ModelInfo, RiskBand
+from pipeline.modelling.bundle import Bundle, ModelInfo, RiskBand
+from pipeline.modelling.calibration import CalibratedModel
+from pipeline.modelling.candidates import make_estimator
 from pipeline.params import read_params_file
 from pipeline.tasks import TasksParams
-from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
 
 matplotlib.use("Agg")
 
 SEED = 7
-LEGACY = "legacy_sigmoid"  # a sigmoid CalibratedClassifierCV, as models saved before pipeline.calibration hold
+# a sigmoid CalibratedClassifierCV, as models saved before pipeline.modelling.calibration hold
+LEGACY = "legacy_sigmoid"
 N_TRAIN, N_TEST = 3000, 600
 TASKS = TasksParams.model_validate(read_params_file(REPO_ROOT / "params.yaml")["tasks"])
 ACUTE = TASKS.get("acute")
@@ -181,7 +182,7 @@ def fit(candidate: str, calibration: str, train: pd.DataFrame, spec: FeatureSpec
         estimator.set_params(n_estimators=60, max_depth=3)
     elif candidate == "hist_gb":
         estimator.set_params(max_iter=60, max_depth=3)
-    if calibration == LEGACY:  # models saved before pipeline.calibration
+    if calibration == LEGACY:  # models saved before pipeline.modelling.calibration
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
     elif calibration != "none":
         estimator = CalibratedModel(estimator, method=calibration, cv_folds=3, seed=SEED)
@@ -202,7 +203,7 @@ CANDIDATES = [
     ("logreg_spline", "none"),
     ("xgboost", "none"),
     ("hist_gb", "none"),
-    ("xgboost", "sigmoid"),  # pipeline.calibration reads the log-odds: the map is linear on that scale
+    ("xgboost", "sigmoid"),  # pipeline.modelling.calibration reads the log-odds: the map is linear on that scale
     ("hist_gb", "isotonic"),
     ("xgboost", LEGACY),  # CalibratedClassifierCV: XGBoost has no decision_function, so it reads the probability
 ]

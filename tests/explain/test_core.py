@@ -7,14 +7,14 @@ import pytest
 from scipy.special import expit
 from sklearn.calibration import CalibratedClassifierCV
 
-from pipeline.contributions import model_margin
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.explain import types
 from pipeline.explain.core import check_additivity
 from pipeline.explain.types import SHAP_PREFIX, ExplainParams
 from pipeline.features import build_features
+from pipeline.modelling.candidates import make_estimator
+from pipeline.modelling.contributions import model_margin
 from pipeline.params import read_params_file
-from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
 from tests.explain.conftest import CANDIDATES, LEGACY, SEED, bundle, run, small_params
 

@@ -15,7 +15,7 @@ from pipeline.explain import types
 from pipeline.explain.types import ExplainParams
 from pipeline.features import build_features
 from pipeline.io import write_parquet
-from pipeline.model import OUTPUT_COLUMN, load_bundle, save_bundle
+from pipeline.modelling.bundle import OUTPUT_COLUMN, load_bundle, save_bundle
 from pipeline.params import read_params_file
 from tests.conftest import REPO_ROOT, register_training_run
 from tests.explain.conftest import SEED, TASKS, small_params

@@ -16,12 +16,12 @@ from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.features import FeatureSpec, build_features, training_ranges
 from pipeline.harmonise import harmonise, rules_from_tabular_spec
-from pipeline.model import feature_signature, save_bundle
+from pipeline.modelling.bundle import feature_signature, save_bundle
+from pipeline.modelling.candidates import make_estimator
 from pipeline.scales import load_scale_conversions
 from pipeline.scoring.layout import load_canonical_format
 from pipeline.sources.spec import TabularSourceSpec
 from pipeline.sources.tabular import stage_tabular
-from pipeline.train import make_estimator
 from tests.conftest import REPO_ROOT
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ from pipeline.cli import app
 from pipeline.contract import CohortContract
 from pipeline.errors import ConfigError, ExitCode
 from pipeline.features import ScoringRule, insufficient_data
-from pipeline.model import MANIFEST_FILE, load_bundle
+from pipeline.modelling.bundle import MANIFEST_FILE, load_bundle
 from pipeline.tasks import TaskSpec, task_predictors
 from tests.scoring.helpers import PREDICTORS, invoke, runner, save_test_model, write
 
@@ -197,15 +197,15 @@ def test_a_typo_in_the_required_predictors_is_a_config_error(contract: CohortCon
 
 
 def test_the_train_stage_refuses_a_typo_before_reading_data(project_root: Path) -> None:
-    from pipeline.paths import ProjectPaths
-    from pipeline.train import load_training_inputs
+    from pipeline.modelling.training import load_training_inputs
+    from pipeline.stage import StageContext
 
     params_file = project_root / "params.yaml"
     params = yaml.safe_load(params_file.read_text())
     params["tasks"]["acute"]["scoring"]["required_predictors"] = ["madrs_basline"]
     params_file.write_text(yaml.safe_dump(params))
     with pytest.raises(ConfigError, match=r"tasks\.acute\.scoring\.required_predictors.*madrs_basline") as error:
-        load_training_inputs("acute", ProjectPaths.discover())
+        load_training_inputs(StageContext.open("acute"))
     assert "madrs_baseline" in str(error.value)
 
 

@@ -15,7 +15,7 @@ import pytest
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode
 from pipeline.features import build_features
-from pipeline.model import load_bundle
+from pipeline.modelling.bundle import load_bundle
 from tests.conftest import REPO_ROOT
 from tests.scoring.helpers import (
     PREDICTORS,

@@ -8,11 +8,11 @@ What is explained is the estimator that produces the score before any probabilit
 * the logistic-regression pipelines: exact linear SHAP. After the design step and standard scaling the
   training mean of every transformed column is 0, so the interventional SHAP value against the training data is
   ``coef * z``; imputed values, missingness indicators and spline terms are credited to the clinical feature they
-  belong to. A declared product ``u * v`` (``logreg_spline``, :mod:`pipeline.design`) is shared between its two
-  features by the exact Shapley split of a two-feature term:
+  belong to. A declared product ``u * v`` (``logreg_spline``, :mod:`pipeline.modelling.design`) is shared between
+  its two features by the exact Shapley split of a two-feature term:
   ``phi_u = c/2 * [(u * mean(v) - mean(uv)) + (u * v - mean(u) * v)]`` and symmetrically for ``v``.
 
-When the champion is wrapped in a calibrator (:class:`pipeline.calibration.CalibratedModel`, or scikit-learn's
+When the champion is wrapped in a calibrator (:class:`pipeline.modelling.calibration.CalibratedModel`, or scikit-learn's
 ``CalibratedClassifierCV`` in models saved before it), the calibrator is a monotone map of the explained model's
 log-odds: it changes the probability scale, not the ranking of patients nor the direction in which a feature
 pushes. Contributions are therefore reported on the explained model's log-odds (margin) scale, and every figure
@@ -30,9 +30,9 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
-from pipeline.calibration import CalibratedModel
-from pipeline.design import PRODUCT, SplineDesign
 from pipeline.features import FeatureSpec
+from pipeline.modelling.calibration import CalibratedModel
+from pipeline.modelling.design import PRODUCT, SplineDesign
 
 SCALE_NOTE = "SHAP values on the log-odds (margin) scale of the explained model"
 

@@ -14,8 +14,8 @@ Per input feature column (the float64 features of :mod:`pipeline.features`), aft
   contributes each one-hot level), e.g. ``route x age`` or ``madrs_24h x madrs_baseline``.
 
 Every output column is credited to one input column (linear, spline, spike, missing) or to two (a product);
-``terms_`` records which, so :mod:`pipeline.contributions` computes exact SHAP values. The object holds only
-numbers, strings and lists, so skops stores and loads it without pickle (``pipeline.model.TRUSTED_TYPES``).
+``terms_`` records which, so :mod:`pipeline.modelling.contributions` computes exact SHAP values. The object holds only
+numbers, strings and lists, so skops stores and loads it without pickle (``pipeline.modelling.bundle.TRUSTED_TYPES``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Layout (``models/<task>/`` and every registered version)::
 
     MLmodel, python_env.yaml, requirements.txt, input_example.json   written by MLflow
-    model_code.py                                                    the pyfunc, stored as code
+    pyfunc.py                                                        the pyfunc, stored as code
     artifacts/estimator.skops                                        the fitted scikit-learn/XGBoost estimator
     artifacts/feature_spec.json                                      how canonical columns become features
     artifacts/model_info.json                                        task, candidate, calibration, hashes, bands,
@@ -51,12 +51,12 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "numpy.dtype",
     "xgboost.core.Booster",
     "xgboost.sklearn.XGBClassifier",
-    "sklearn.calibration._CalibratedClassifier",  # models saved before pipeline.calibration
+    "sklearn.calibration._CalibratedClassifier",  # models saved before pipeline.modelling.calibration
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     # this package's own estimators: plain attributes (numbers, arrays, lists, fitted scikit-learn/XGBoost parts)
-    "pipeline.calibration.CalibratedModel",
-    "pipeline.design.SplineDesign",
+    "pipeline.modelling.calibration.CalibratedModel",
+    "pipeline.modelling.design.SplineDesign",
 )
 ESTIMATOR_FILE = "estimator.skops"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -71,7 +71,8 @@ ARTIFACT_FILES = {
 }
 # 1: before manifests, scoring rules and training ranges; 2: with them
 BUNDLE_FORMAT = 2
-MODEL_CODE = Path(__file__).with_name("model_code.py")
+# MLflow "models from code" copies this file into the model under its own name and runs it to load the pyfunc
+MODEL_CODE = Path(__file__).with_name("pyfunc.py")
 OUTPUT_COLUMN = "p_response"
 PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".cloudpickle", ".sav")
 
@@ -198,7 +199,7 @@ def dump_estimator(estimator: Any, path: Path) -> str:
     if untrusted:
         raise ModelError(
             f"the estimator contains types outside the trusted list: {sorted(untrusted)}",
-            hint="add them to pipeline.model.TRUSTED_TYPES only after checking they are safe to load",
+            hint="add them to pipeline.modelling.bundle.TRUSTED_TYPES only after checking they are safe to load",
         )
     Path(path).write_bytes(_canonical_skops(raw))
     return sha256_file(path)
@@ -239,16 +240,6 @@ def load_estimator(path: Path, expected_sha256: str) -> Any:
 def predict_proba(estimator: Any, features: pd.DataFrame) -> np.ndarray:
     """Probability of response, as float64."""
     return np.asarray(estimator.predict_proba(features)[:, 1], dtype="float64")
-
-
-def __getattr__(name: str) -> Any:
-    """``ResponseModel`` for models saved before the pyfunc class moved to ``pipeline.model_code``: their stored
-    ``model_code.py`` imports it from here. Resolved lazily, so importing this module does not import MLflow."""
-    if name == "ResponseModel":
-        from pipeline.model_code import ResponseModel  # noqa: PLC0415
-
-        return ResponseModel
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ import shap
 from sklearn.calibration import CalibratedClassifierCV
 from xgboost import XGBClassifier
 
-from pipeline.calibration import CalibratedModel
 from pipeline.contract import CohortContract
-from pipeline.contributions import explain, model_margin, top_drivers
 from pipeline.features import FeatureSpec, build_features
-from pipeline.train import make_estimator
+from pipeline.modelling.calibration import CalibratedModel
+from pipeline.modelling.candidates import make_estimator
+from pipeline.modelling.contributions import explain, model_margin, top_drivers
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_values_plus_base_reproduce_the_margin(data, candidate: str, calibrated:
         estimator.set_params(**({"n_estimators": 40} if candidate == "xgboost" else {"max_iter": 40}))
     if calibrated == "sigmoid":
         estimator = CalibratedModel(estimator, method="sigmoid", cv_folds=3, seed=0)
-    elif calibrated == "legacy":  # models saved before pipeline.calibration still explain
+    elif calibrated == "legacy":  # models saved before pipeline.modelling.calibration still explain
         estimator = CalibratedClassifierCV(estimator, method="sigmoid", cv=3, ensemble=False)
     estimator.fit(X, y)
     explained = explain(estimator, X, spec)

@@ -13,8 +13,8 @@ clip at :data:`PROB_EPS`), and is fitted on out-of-fold predictions:
 :class:`CalibratedModel` is the shipped estimator: the candidate refitted on the whole training split and the
 calibrator fitted on that candidate's out-of-fold probabilities from the same shuffled, stratified folds the
 selection used. It stores only numbers and the fitted candidate, so skops loads it from the trusted-types list
-(``pipeline.model.TRUSTED_TYPES``), and SHAP explains its ``estimator_`` with the calibrator as a monotone map of
-the explained log-odds (``pipeline.contributions``).
+(``pipeline.modelling.bundle.TRUSTED_TYPES``), and SHAP explains its ``estimator_`` with the calibrator as a
+monotone map of the explained log-odds (``pipeline.modelling.contributions``).
 """
 
 from __future__ import annotations

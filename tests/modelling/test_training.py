@@ -8,28 +8,34 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from pipeline import tracking
-from pipeline.calibration import CalibratedModel, apply_calibrator, calibrate, fit_calibrator
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.features import FeatureColumn, FeatureSpec
-from pipeline.model import OUTPUT_COLUMN, dump_estimator, feature_signature, load_bundle, load_estimator, save_bundle
-from pipeline.train import (
-    CandidateParams,
+from pipeline.modelling.bundle import (
+    OUTPUT_COLUMN,
+    dump_estimator,
+    feature_signature,
+    load_bundle,
+    load_estimator,
+    save_bundle,
+)
+from pipeline.modelling.calibration import CalibratedModel, apply_calibrator, calibrate, fit_calibrator
+from pipeline.modelling.candidates import (
     CandidateResult,
-    SelectionParams,
-    TrainParams,
     choose_calibration,
     evaluate_candidate,
     fit_final,
-    internal_validation,
-    log_to_mlflow,
     make_estimator,
-    select_champion,
-    selection_table,
-    train_task,
 )
+from pipeline.modelling.params import CandidateParams, SelectionParams, TrainParams
+from pipeline.modelling.selection import select_champion, selection_table
+from pipeline.modelling.training import load_training_inputs, train_task
+from pipeline.modelling.validation import internal_validation
+from pipeline.stage import StageContext
+from pipeline.train import log_to_mlflow
 
 
 def tiny_params(**overrides) -> TrainParams:
@@ -272,15 +278,15 @@ def test_saved_model_has_a_float64_signature_and_returns_probabilities(trained, 
     assert not list(model_dir.rglob("*.pickle"))
 
 
-def test_models_saved_with_the_earlier_model_code_still_load(trained, tiny_data, tmp_path) -> None:
-    """Registry versions saved before the pyfunc class moved to model_code.py import it from pipeline.model."""
+def test_the_bundle_stores_the_pyfunc_entry_point_as_code(trained, tiny_data, tmp_path) -> None:
+    """MLflow runs the stored pyfunc.py to load the model; the bundle module has no back-compat pyfunc shim."""
+    import pipeline.modelling.bundle as bundle
+
     model_dir = _save(trained, tmp_path / "acute", tiny_data)
-    (model_dir / "model_code.py").write_text(
-        "import mlflow\n\nfrom pipeline.model import ResponseModel\n\nmlflow.models.set_model(ResponseModel())\n"
-    )
-    X, _ = tiny_data
-    out = mlflow.pyfunc.load_model(str(model_dir)).predict(X.head(20))
-    np.testing.assert_allclose(out[OUTPUT_COLUMN], load_bundle(model_dir).predict(X.head(20)))
+    meta = yaml.safe_load((model_dir / "MLmodel").read_text(encoding="utf-8"))
+    assert meta["flavors"]["python_function"]["model_code_path"] == "pyfunc.py"
+    assert (model_dir / "pyfunc.py").read_bytes() == bundle.MODEL_CODE.read_bytes()
+    assert not hasattr(bundle, "ResponseModel")  # importing the bundle never imports MLflow's pyfunc
 
 
 def test_saving_twice_gives_identical_bytes(trained, tiny_data, tmp_path) -> None:
@@ -373,3 +379,14 @@ def test_a_small_cohort_prefers_logistic_regression_and_a_failing_candidate_leav
     beaten = rows["logreg"]["margin"] > rows["logreg"]["margin_se"]
     assert trained.champion.name == ("xgboost" if beaten else "logreg")
     assert trained.selection["simplicity_order"][0] == "logreg"
+
+
+def test_training_inputs_need_a_task(project_root) -> None:
+    with pytest.raises(ConfigError, match="needs a task"):
+        load_training_inputs(StageContext.open())
+
+
+def test_training_inputs_refuse_a_missing_split_naming_it(project_root) -> None:
+    with pytest.raises(PipelineError) as error:
+        load_training_inputs(StageContext.open("acute"))
+    assert "train.parquet" in str(error.value)

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.contract import CohortContract
 from pipeline.errors import ExitCode, ModelError
-from pipeline.model import (
+from pipeline.modelling.bundle import (
     ESTIMATOR_FILE,
     FEATURE_SPEC_FILE,
     MANIFEST_FILE,

@@ -1,8 +1,9 @@
 """MLflow "model from code" entry point: MLflow stores this file in the model and runs it to load the pyfunc.
 
 Storing the model as code plus a skops file (instead of a cloudpickled Python object) keeps pickle out of
-every model artifact. The pyfunc class lives here, not in ``pipeline.model``, so that the scorer, which loads
-the skops file directly, does not pay for importing MLflow.
+every model artifact. The pyfunc class lives here, not in :mod:`pipeline.modelling.bundle`, so that the scorer,
+which loads the skops file directly, does not pay for importing MLflow. A model saved by an earlier release stores
+its own copy of the old entry point (``model_code.py``, importing ``pipeline.model``): retrain it to load it here.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
 from pipeline.features import FeatureSpec
-from pipeline.model import OUTPUT_COLUMN, ModelInfo, load_estimator, predict_proba
+from pipeline.modelling.bundle import OUTPUT_COLUMN, ModelInfo, load_estimator, predict_proba
 
 
 class ResponseModel(PythonModel):
