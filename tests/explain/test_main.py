@@ -78,9 +78,8 @@ def test_dvc_yaml_declares_the_stage_and_its_metrics_for_every_task() -> None:
     assert stage["do"]["outs"] == ["reports/${key}/explain", "data/explanations/${key}"]
     deps = stage["do"]["deps"]
     for needed in (
-        "pipeline/explain", "pipeline/contributions.py", "models/${key}", "data/processed/${key}/test.parquet",
+        "pipeline/explain", "pipeline/modelling", "models/${key}", "data/processed/${key}/test.parquet",
         "data/raw/synthetic/planted_effects.json", "data/raw/synthetic/true_contributions.parquet",
-        "pipeline/calibration.py", "pipeline/design.py",
     ):  # fmt: skip
         assert needed in deps
     # the per-patient out must not overlap the split stage's data/processed/<task>
