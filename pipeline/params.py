@@ -79,8 +79,8 @@ SECTIONS: dict[str, str] = {
     "clean": "pipeline.clean:CleanParams",
     "split": "pipeline.split:SplitParams",
     "train": "pipeline.modelling.params:TrainParams",
-    "evaluate": "pipeline.evaluate:EvaluateParams",
-    "explain": "pipeline.explain:ExplainParams",
+    "evaluate": "pipeline.evaluate.types:EvaluateParams",
+    "explain": "pipeline.explain.types:ExplainParams",
     "report": "pipeline.report:ReportParams",
 }
 

@@ -242,7 +242,9 @@ def check_sample_size(
         raise ConfigError(f"inconsistent counts: {events} events among {n} patients")
     epp = events / parameters
     if events in (0, n):
-        reason = f"{events} responders among {n} patients: an outcome prevalence of 0 or 1 leaves nothing to predict"
+        reason = (
+            f"{events} patients with the outcome among {n}: an outcome prevalence of 0 or 1 leaves nothing to predict"
+        )
         return SampleSizeCheck(n, events, parameters, anticipated_c, None, False, epp, reason)
     riley = riley_sample_size(
         parameters=parameters,
@@ -258,8 +260,8 @@ def check_sample_size(
 def gate_message(check: SampleSizeCheck, *, cohort: str, task: str) -> str:
     """One paragraph for a cohort below the minimum: the numbers and what to do."""
     have = (
-        f"the development cohort '{cohort}' has {check.n} patients with a known outcome and {check.events} "
-        f"responders ({check.events_per_parameter:.2f} events per candidate parameter, {check.parameters} "
+        f"the development cohort '{cohort}' has {check.n} patients with a known outcome, {check.events} of "
+        f"them with the outcome ({check.events_per_parameter:.2f} events per candidate parameter, {check.parameters} "
         f"parameters for task {task})"
     )
     if check.riley is None:
@@ -267,13 +269,14 @@ def gate_message(check: SampleSizeCheck, *, cohort: str, task: str) -> str:
     r = check.riley
     return (
         f"{have}; the Riley et al. minimum for an anticipated C statistic of {check.anticipated_c:g} at prevalence "
-        f"{r.prevalence:.3f} is {r.n} patients ({r.events:.0f} responders, {r.epp:.1f} events per parameter; "
+        f"{r.prevalence:.3f} is {r.n} patients ({r.events:.0f} with the outcome, {r.epp:.1f} events per parameter; "
         f"criteria: shrinkage {r.n_shrinkage}, optimism in R² {r.n_r2_difference}, overall risk {r.n_overall_risk})"
     )
 
 
 GATE_HINT = (
     "add patients (or pool cohorts: split.training_cohort takes a list), reduce the task's candidate predictors "
-    "(tasks.<task>.exclude_predictors), or, knowing the model will be overfitted, set "
+    "(tasks.<task>.predictors: a pre-specified list, or tasks.<task>.exclude_predictors), or, knowing the model "
+    "will be overfitted, set "
     "train.sample_size.override: true (the model card then says 'underpowered')"
 )

@@ -1,8 +1,9 @@
 """Prediction tasks (clinical decision points) and the leakage rule that picks their predictors.
 
 A task names its target and its prediction time; its predictors are exactly the contract's predictor columns
-measured at or before that time, minus any it explicitly excludes. Outcomes, identifiers, metadata and
-provenance columns can never become features (tests/test_tasks.py walks every task).
+measured at or before that time, minus any it explicitly excludes, or a pre-specified subset of them
+(``predictors``: fewer candidate parameters, so a rare outcome meets the sample-size gate). Outcomes,
+identifiers, metadata and provenance columns can never become features (tests/test_tasks.py walks every task).
 
 A task also declares the least data a score needs (``scoring``: required predictors, largest share missing);
 the train stage stores it in the model, so the scorer applies it without params.yaml. Two more declarations
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, RootModel, model_validator
 
-from pipeline.contract import TIMING_ORDER, CohortContract, ColumnSpec, Timing
+from pipeline.contract import PREDICTOR_ROLES, TIMING_ORDER, CohortContract, ColumnSpec, Timing
 from pipeline.errors import ConfigError
 from pipeline.features import ScoringRule
 from pipeline.params import Frozen
@@ -72,12 +73,27 @@ class TaskSpec(Frozen):
     description: str = Field(min_length=5)
     target: str = Field(description="A boolean outcome column of the canonical contract.")
     prediction_time: Timing = Field(description="When the prediction is made, on the contract's clinical clock.")
+    predictors: tuple[str, ...] | None = Field(
+        default=None,
+        description="The candidate predictors, pre-specified (e.g. the published ones); None: every predictor "
+        "measured by the prediction time. Either this or exclude_predictors.",
+    )
     exclude_predictors: tuple[str, ...] = Field(default=(), description="Predictors deliberately left out.")
     scoring: ScoringRule = Field(
         default_factory=ScoringRule, description="The least data a row needs for a score (stored in the model)."
     )
     outcome: TaskOutcome = Field(default_factory=TaskOutcome, description="What the probability is of.")
     population: TaskPopulation | None = Field(default=None, description="Who the task is for; None: everyone.")
+
+    @model_validator(mode="after")
+    def _one_predictor_rule(self) -> TaskSpec:
+        if self.predictors is not None and self.exclude_predictors:
+            raise ValueError("set predictors (an include list) or exclude_predictors, not both")
+        if self.predictors is not None and not self.predictors:
+            raise ValueError("predictors is empty: list at least one, or leave it out to use every predictor")
+        if self.predictors is not None and len(set(self.predictors)) != len(self.predictors):
+            raise ValueError(f"predictors lists a column twice: {list(self.predictors)}")
+        return self
 
 
 class TasksParams(RootModel[dict[str, TaskSpec]]):
@@ -110,10 +126,30 @@ def task_predictors(task: TaskSpec, contract: CohortContract, name: str = "") ->
             f"({task.prediction_time})"
         )
     available = contract.predictors_up_to(task.prediction_time)
-    unknown = sorted(set(task.exclude_predictors) - {c.name for c in available})
+    available_names = [c.name for c in available]
+    prefix = f"tasks.{name}." if name else ""
+    unknown = sorted(set(task.exclude_predictors) - set(available_names))
     if unknown:
-        raise ConfigError(f"exclude_predictors names columns that are not predictors of this task: {unknown}")
-    predictors = [c for c in available if c.name not in task.exclude_predictors]
+        raise ConfigError(f"{prefix}exclude_predictors names columns that are not predictors of this task: {unknown}")
+    if task.predictors is not None:
+        # the leakage rule holds for an include list too: only predictors measured by the prediction time
+        for wanted in task.predictors:
+            if wanted not in available_names:
+                column = contract.by_name.get(wanted)
+                why = (
+                    f"it is measured at {column.timing}, after the prediction time ({task.prediction_time})"
+                    if column is not None and column.role in PREDICTOR_ROLES
+                    else "it is not a predictor column of the cohort contract"
+                )
+                close = difflib.get_close_matches(wanted, available_names, n=1)
+                raise ConfigError(
+                    f"{prefix}predictors: '{wanted}' cannot be a predictor of this task: {why}",
+                    hint=f"did you mean '{close[0]}'?" if close else f"use some of: {', '.join(available_names)}",
+                )
+        chosen = set(task.predictors)
+        predictors = [c for c in available if c.name in chosen]
+    else:
+        predictors = [c for c in available if c.name not in task.exclude_predictors]
     names = [c.name for c in predictors]
     if task.population is not None and task.population.column not in names:
         raise ConfigError(

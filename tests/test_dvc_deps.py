@@ -34,54 +34,10 @@ DYNAMIC_IMPORTS = {
 # (MLflow's models from code), so an edit to it changes the saved model.
 FILES_READ = {"train": {"pipeline/modelling/pyfunc.py"}}
 
-# Expected gaps, each with its reason: stages being rewritten in other branches of issue 17. When a stage's entry
-# is rewritten, its deps are brought in step and its entry here is deleted (the test then holds it exactly).
+# Expected gaps, each with its reason (none today: every stage's deps match its imports). A stage being rewritten
+# may add an entry here for the duration; the test then holds the rest exactly.
 # stage -> (files the stage imports that dvc.yaml does not list, dvc.yaml deps the stage does not import)
-_BOTTOM = {"pipeline/io.py", "pipeline/params.py"}  # written before this test: no stage listed them
-_CONTRACT = {"pipeline/contract.py", "pipeline/scales.py"}
-_METRICS = {f"pipeline/metrics/{m}.py" for m in ("__init__", "bootstrap", "calibration", "discrimination", "external",
-                                                   "inputs", "summary", "utility")}  # fmt: skip
-EXPECTED_GAPS: dict[str, tuple[set[str], set[str]]] = {
-    # issue 17 move 1 (outcomes module) rewrites the generator's and the cleaner's imports
-    "synthesize": (
-        _BOTTOM
-        | {"pipeline/missing.py", "pipeline/quarantine.py", "pipeline/sources/__init__.py", "pipeline/sources/bids.py"},
-        set(),
-    ),
-    # fetch imports the harmoniser through pipeline.sources; untangled with move 1
-    "fetch": (
-        _BOTTOM
-        | _CONTRACT
-        | {
-            "pipeline/harmonise.py",
-            "pipeline/missing.py",
-            "pipeline/quarantine.py",
-            "pipeline/sources/__init__.py",
-            "pipeline/sources/check.py",
-            "pipeline/sources/spec.py",
-        },
-        set(),
-    ),
-    "clean": (_BOTTOM | {"pipeline/missing.py", "pipeline/quarantine.py"}, set()),
-    # the card is being rebuilt from templates (move 3); today it imports split and modelling internals
-    "report": (
-        _BOTTOM
-        | _CONTRACT
-        | {
-            "pipeline/features.py",
-            "pipeline/modelling/__init__.py",
-            "pipeline/modelling/calibration.py",
-            "pipeline/modelling/candidates.py",
-            "pipeline/modelling/design.py",
-            "pipeline/modelling/params.py",
-            "pipeline/modelling/selection.py",
-            "pipeline/protocol.py",
-            "pipeline/split.py",
-            "pipeline/stage.py",
-        },
-        set(),
-    ),
-}
+EXPECTED_GAPS: dict[str, tuple[set[str], set[str]]] = {}
 
 
 def _module_file(module: str) -> Path | None:

@@ -188,7 +188,12 @@ def test_the_real_cohort_stops_at_the_gate_and_trains_underpowered_with_the_over
     )  # fmt: skip
     assert stopped.returncode == 6, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
-    for number in ("27 patients", "6 responders", "events per candidate parameter", "Riley et al. minimum"):
+    for number in (
+        "27 patients",
+        "6 of them with the outcome",
+        "events per candidate parameter",
+        "Riley et al. minimum",
+    ):
         assert number in stopped.stderr
     assert "train.sample_size.override" in stopped.stderr
     set_params(root, {("train", "sample_size", "override"): True})

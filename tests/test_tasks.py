@@ -101,7 +101,46 @@ def test_new_tasks_see_baseline_only(name: str, contract: CohortContract) -> Non
     assert task.prediction_time == "baseline"
     names = {c.name for c in task_predictors(task, contract, name)}
     assert not names & LATER_THAN_BASELINE
-    assert {"sbp_baseline", "dbp_baseline", "hypertension_history", "gad7_baseline", "psychotherapy"} <= names
+    assert {"sbp_baseline", "dbp_baseline", "hypertension_history"} <= names
+    if name != "safety_first_session":  # the harm task's predictors are pre-specified (the published ones)
+        assert {"gad7_baseline", "psychotherapy"} <= names
+
+
+def test_a_pre_specified_predictor_list_keeps_contract_order_and_only_those(contract: CohortContract) -> None:
+    task = TASKS.get("acute").model_copy(update={"predictors": ("route", "age", "madrs_baseline")})
+    assert [c.name for c in task_predictors(task, contract, "acute")] == ["age", "madrs_baseline", "route"]
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"predictors": ("madrs_24h",)}, "measured at first_dose"),  # leakage: after the prediction time
+        ({"predictors": ("response_acute",)}, "not a predictor column"),  # an outcome
+        ({"predictors": ("madrs_basline",)}, "did you mean 'madrs_baseline'"),  # a typo
+    ],
+)
+def test_a_pre_specified_predictor_list_keeps_the_leakage_rule(
+    contract: CohortContract, update: dict, message: str
+) -> None:
+    task = TASKS.get("acute").model_copy(update=update)
+    with pytest.raises(ConfigError) as raised:
+        task_predictors(task, contract, "acute")
+    assert "tasks.acute.predictors" in str(raised.value)
+    assert message in f"{raised.value} {getattr(raised.value, 'hint', '')}"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"predictors": ["age"], "exclude_predictors": ["bmi"]},
+        {"predictors": []},
+        {"predictors": ["age", "age"]},
+    ],
+)
+def test_a_predictor_list_is_one_rule_non_empty_without_repeats(extra: dict) -> None:
+    raw = {"description": "a task", "target": "response_acute", "prediction_time": "baseline", **extra}
+    with pytest.raises(ValueError, match="predictors"):
+        TaskSpec.model_validate(raw)
 
 
 def test_the_safety_task_is_a_harm_model_and_says_so() -> None:

@@ -95,6 +95,7 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
             "prediction_time": spec.prediction_time,
             "target": spec.target,
             "exclude_predictors": list(spec.exclude_predictors),
+            "predictors": list(spec.predictors) if spec.predictors is not None else None,
         },
         "vocab": {
             **outcome.model_dump(),

@@ -8,12 +8,12 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline import metrics
+from pipeline.modelling.selection import selection_rule_text
 from pipeline.report import analysis
 from pipeline.report.facts_setup import VALIDATED_ROWS
 from pipeline.report.format import codes, finite, level_header
 from pipeline.report.inputs import EXTERNAL_COHORT, CardInputs
 from pipeline.report.tables import Keyed, csv_grid, json_grid, other
-from pipeline.train import selection_rule_text
 
 # the train stage's CV AUROC interval uses metrics.bootstrap_ci at its default level (cv_metrics.json does not say)
 CV_INTERVAL_LEVEL: float = inspect.signature(metrics.bootstrap_ci).parameters["level"].default

@@ -249,6 +249,7 @@ def predictors(inputs: CardInputs) -> dict[str, Any]:
         "table": plain(header, rows),
         "later": codes(later) if later else None,
         "excluded": codes(spec.exclude_predictors) if spec.exclude_predictors else None,
+        "prespecified": codes(spec.predictors) if spec.predictors is not None else None,
     }
 
 

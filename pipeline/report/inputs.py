@@ -22,12 +22,12 @@ from pipeline import tracking
 from pipeline.contract import CohortContract, ColumnSpec, load_contract
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec
+from pipeline.modelling.params import TrainParams
 from pipeline.params import Frozen, parse_section
 from pipeline.paths import ProjectPaths
 from pipeline.report.format import finite, lookup
 from pipeline.split import SplitParams
 from pipeline.tasks import TasksParams, TaskSpec
-from pipeline.train import TrainParams
 
 log = logging.getLogger(__name__)
 
