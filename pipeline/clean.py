@@ -27,7 +27,8 @@ from pipeline.paths import ProjectPaths
 from pipeline.quarantine import quarantine_frame
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources import Staged
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec, load_yaml_spec
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec, load_yaml_spec
 from pipeline.sources.tabular import LongStaged, read_table, stage_long, stage_tabular
 
 log = logging.getLogger(__name__)

@@ -40,21 +40,11 @@ import pyarrow.compute as pc
 from pipeline.contract import CohortContract
 from pipeline.errors import PipelineError
 from pipeline.missing import MISSING_MARKERS, blank_missing, markers_with
+from pipeline.outcomes import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
 from pipeline.quarantine import Reason, quarantine_frame
 from pipeline.scales import ScaleConversions
 from pipeline.sources import BOOKKEEPING_COLUMNS
 from pipeline.sources.spec import TabularSourceSpec
-
-# MADRS's rules as the synthetic generator plants them; the clean stage reads them from the scale registry
-# (configs/scale_conversions.yaml), and tests/test_scales.py checks that both agree
-RESPONSE_FRACTION = 0.5  # response = score <= this fraction of baseline (a drop >= 50 %)
-REMISSION_MAX_MADRS = 10.0  # remission = MADRS <= 10
-# First-session hypertensive event (lit §12): SBP rise >= 40 mmHg (the esketamine label's threshold) or a peak at or
-# above 180 systolic / 110 diastolic (severe hypertension in the Yale review). Anxiety response: GAD-7 drop >= 50 %
-# (RESPONSE_FRACTION, as Hull 2022, lit §11). The synthetic generator imports these, so truth and cleaning agree.
-BP_EVENT_SBP_RISE = 40.0
-BP_EVENT_SBP_PEAK = 180.0
-BP_EVENT_DBP_PEAK = 110.0
 
 # columns harmonisation derives itself: a source config can neither map nor fix them
 DERIVED_COLUMNS: dict[str, str] = {

@@ -18,7 +18,8 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.harmonise import rules_from_tabular_spec
 from pipeline.params import parse_section, read_params_file
 from pipeline.scales import ScaleConversions
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec
 from pipeline.sources.tabular import stage_tabular
 from pipeline.synthesize import SynthesizeParams, synthesize
 from tests.conftest import REPO_ROOT

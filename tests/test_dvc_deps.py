@@ -158,3 +158,16 @@ def test_the_import_walk_follows_function_level_imports_and_skips_type_checking(
     assert "pipeline/modelling/params.py" not in closure
     assert "pipeline/modelling/training.py" in _closure("pipeline.train")
     assert "pipeline/modelling/__init__.py" in _closure("pipeline.train")  # a submodule runs its package
+
+
+def test_a_cleaning_edit_does_not_rerun_the_generator() -> None:
+    """The generator and the cleaner share only the bottom floor (outcome definitions, contract, scales): an edit to
+    harmonisation, the quarantine or a source adapter leaves `synthesize` up to date."""
+    closure = _closure(_entry(_stages()["synthesize"]))
+    cleaning = {"pipeline/harmonise.py", "pipeline/clean.py", "pipeline/quarantine.py", "pipeline/missing.py"}
+    assert "pipeline/outcomes.py" in closure
+    assert not closure & cleaning
+    assert not {f for f in closure if f.startswith("pipeline/sources/")} - {
+        "pipeline/sources/__init__.py",
+        "pipeline/sources/spec.py",
+    }

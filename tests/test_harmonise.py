@@ -10,7 +10,8 @@ from pipeline.contract import CohortContract
 from pipeline.errors import PipelineError
 from pipeline.harmonise import HarmoniseResult, harmonise, rules_from_tabular_spec
 from pipeline.scales import ScaleConversions
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec
 from pipeline.sources.tabular import stage_tabular
 from tests.conftest import REPO_ROOT
 

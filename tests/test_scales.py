@@ -13,9 +13,9 @@ import yaml
 
 from pipeline.contract import load_contract
 from pipeline.errors import ConfigError
-from pipeline.harmonise import REMISSION_MAX_MADRS, RESPONSE_FRACTION
+from pipeline.outcomes import REMISSION_MAX_MADRS, RESPONSE_FRACTION
 from pipeline.scales import ScaleConversions, load_scale_conversions
-from pipeline.sources.spec import load_tabular_spec
+from pipeline.sources.check import load_tabular_spec
 from tests.conftest import REPO_ROOT
 
 REGISTRY = REPO_ROOT / "configs" / "scale_conversions.yaml"

@@ -28,7 +28,8 @@ from pipeline.errors import ConfigError
 from pipeline.params import parse_section, read_params_file
 from pipeline.paths import ROOT_ENV
 from pipeline.scales import ScaleConversions
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec
 from pipeline.synthesize import (
     PROBABILITY_COLUMNS,
     SimulatedTruth,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.harmonise import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
+from pipeline.outcomes import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
 from pipeline.synthesize import SimulatedTruth, SynthesizeParams, simulate_truth
 from pipeline.synthesize.clinical import (
     anxiety_response_probability,

@@ -14,13 +14,8 @@ from pydantic import ValidationError
 from pipeline.contract import CohortContract
 from pipeline.errors import ConfigError, ExitCode, PipelineError
 from pipeline.paths import ProjectPaths
-from pipeline.sources.spec import (
-    TabularSourceSpec,
-    format_spec_errors,
-    load_tabular_spec,
-    load_yaml_spec,
-    structural_problems,
-)
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec, format_spec_errors, load_yaml_spec, structural_problems
 
 CANONICAL_FORMAT = "canonical"
 # the columns a scoring input may carry besides the contract's predictors

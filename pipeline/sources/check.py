@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from pathlib import Path
 
-from pipeline.contract import TIMING_ORDER, CohortContract, ColumnSpec
+from pipeline.contract import TIMING_ORDER, CohortContract, ColumnSpec, load_contract
+from pipeline.errors import ConfigError
 from pipeline.harmonise import DERIVED_COLUMNS, constant_problems
-from pipeline.scales import ScaleConversions
+from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.bids import BidsSourceSpec
-from pipeline.sources.spec import TabularSourceSpec
+from pipeline.sources.spec import SPEC_HINT, TabularSourceSpec, parse_tabular_spec
 
 # which section of a tabular config maps each kind of column
 _SECTION_FOR = {
@@ -198,3 +200,35 @@ def bids_problems(spec: BidsSourceSpec, contract: CohortContract) -> list[str]:
     checked = {k: v for k, v in constants.items() if k in contract.by_name and k != "patient_id"}
     problems += [f"adapter.constants.{c}: {m}" for c, m in constant_problems(checked, contract, spec.name)]
     return problems
+
+
+def load_tabular_spec(
+    path: Path, *, contract: CohortContract | None = None, scales: ScaleConversions | None = None
+) -> TabularSourceSpec:
+    """Read and check a ``kind: tabular_export`` file completely, before any data is read.
+
+    ``contract`` and ``scales`` default to the configs beside the file (``<configs>/sources/<name>.yaml`` ->
+    ``<configs>/cohort_schema.yaml``, ``scale_conversions.yaml``); a file elsewhere without them gets the shape and
+    structural checks only. All problems are raised together, one ``key: message`` line each.
+    """
+    path = Path(path)
+    spec, problems = parse_tabular_spec(path)
+    contract, scales = _configs_beside(path, contract, scales)
+    if contract is not None and scales is not None:
+        problems += contract_problems(spec, contract, scales)
+    if problems:
+        raise ConfigError("; ".join(problems), file=path, hint=SPEC_HINT)
+    return spec
+
+
+def _configs_beside(
+    path: Path, contract: CohortContract | None, scales: ScaleConversions | None
+) -> tuple[CohortContract | None, ScaleConversions | None]:
+    configs = path.parent.parent
+    if path.parent.name != "sources" or not (configs / "cohort_schema.yaml").is_file():
+        return contract, scales
+    if contract is None:
+        contract = load_contract(configs / "cohort_schema.yaml")
+    if scales is None:
+        scales = load_scale_conversions(configs / "scale_conversions.yaml")
+    return contract, scales

@@ -3,10 +3,11 @@
 The YAML maps raw columns onto canonical ones and lists the codes each canonical level accepts, so adding a
 clinic's export is writing one of these files. Two layouts: one row per patient (the default), or one row per
 patient and visit (``visits:``), which the adapter pivots to one row per patient by the contract's timings.
-:func:`load_tabular_spec` checks the file completely before any data is read: the shape here (pydantic, unknown
-keys refused with a suggestion), then the cross-field rules (:func:`structural_problems`) and, when the project's
-configs are beside it, every canonical name, level, timing, scale and constant against the contract and the scale
-registry (pipeline/sources/check.py). Every mistake is a ConfigError (exit 6) naming the file and the key.
+:func:`pipeline.sources.check.load_tabular_spec` checks the file completely before any data is read: the shape
+here (pydantic, unknown keys refused with a suggestion), then the cross-field rules (:func:`structural_problems`)
+and, when the project's configs are beside it, every canonical name, level, timing, scale and constant against the
+contract and the scale registry (pipeline/sources/check.py). Every mistake is a ConfigError (exit 6) naming the
+file and the key.
 """
 
 from __future__ import annotations
@@ -320,51 +321,34 @@ def load_yaml_spec(path: Path) -> dict:
     return raw
 
 
-def load_tabular_spec(path: Path, *, contract: Any = None, scales: Any = None) -> TabularSourceSpec:
-    """Read and check a ``kind: tabular_export`` file completely, before any data is read.
-
-    ``contract`` and ``scales`` (CohortContract, ScaleConversions) default to the configs beside the file
-    (``<configs>/sources/<name>.yaml`` -> ``<configs>/cohort_schema.yaml``, ``scale_conversions.yaml``); a file
-    elsewhere without them gets the shape and structural checks only.
-    """
+def parse_tabular_spec(path: Path) -> tuple[TabularSourceSpec, list[str]]:
+    """A ``kind: tabular_export`` file's shape (a ConfigError when it does not parse) and its structural problems
+    (``key: message`` lines; the caller adds the contract's and raises them together)."""
     path = Path(path)
     try:
         spec = TabularSourceSpec.model_validate(load_yaml_spec(path))
     except ValidationError as exc:
-        raise ConfigError(format_spec_errors(exc, TabularSourceSpec), file=path, hint=_SPEC_HINT) from None
+        raise ConfigError(format_spec_errors(exc, TabularSourceSpec), file=path, hint=SPEC_HINT) from None
     problems = []
     if spec.name != path.stem:
         problems.append(
             f"name: '{spec.name}' differs from the file name '{path.stem}' (the name is the cohort level "
             f"and what clean.sources lists): rename one so they match"
         )
-    problems += structural_problems(spec)
-    contract, scales = _configs_beside(path, contract, scales)
-    if contract is not None and scales is not None:
-        from pipeline.sources.check import contract_problems  # noqa: PLC0415 (it needs pandas and the contract)
+    return spec, problems + structural_problems(spec)
 
-        problems += contract_problems(spec, contract, scales)
+
+def read_tabular_spec(path: Path) -> TabularSourceSpec:
+    """The shape and structural checks only, without the contract: for the generator, which writes the export this
+    config describes (the clean stage checks the same file against the contract with
+    :func:`pipeline.sources.check.load_tabular_spec` before it reads a row)."""
+    spec, problems = parse_tabular_spec(path)
     if problems:
-        raise ConfigError("; ".join(problems), file=path, hint=_SPEC_HINT)
+        raise ConfigError("; ".join(problems), file=path, hint=SPEC_HINT)
     return spec
 
 
-_SPEC_HINT = "correct the key in the source config (README 'Adding a cohort' lists every key)"
-
-
-def _configs_beside(path: Path, contract: Any, scales: Any) -> tuple[Any, Any]:
-    configs = path.parent.parent
-    if path.parent.name != "sources" or not (configs / "cohort_schema.yaml").is_file():
-        return contract, scales
-    if contract is None:
-        from pipeline.contract import load_contract  # noqa: PLC0415 (pandera: only when a contract is beside)
-
-        contract = load_contract(configs / "cohort_schema.yaml")
-    if scales is None:
-        from pipeline.scales import load_scale_conversions  # noqa: PLC0415
-
-        scales = load_scale_conversions(configs / "scale_conversions.yaml")
-    return contract, scales
+SPEC_HINT = "correct the key in the source config (README 'Adding a cohort' lists every key)"
 
 
 def format_spec_errors(exc: ValidationError, model: type[BaseModel]) -> str:

@@ -72,7 +72,7 @@ from pipeline.io import write_json, write_parquet
 from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec, read_tabular_spec
 from pipeline.synthesize.effects import OUTCOMES, auroc, oracle_aurocs, planted_effects, true_contributions
 from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
 from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
@@ -170,7 +170,7 @@ def main() -> None:
     seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
     params = parse_section(SynthesizeParams, raw, SECTION, paths.params_file)
     contract = load_contract(paths.cohort_schema)
-    spec = load_tabular_spec(paths.sources_dir / f"{SOURCE}.yaml")
+    spec = read_tabular_spec(paths.sources_dir / f"{SOURCE}.yaml")
     export_layout(spec)  # the export contract must match what the generator writes, before any work
     scales = load_scale_conversions(paths.configs / "scale_conversions.yaml")
 

@@ -6,7 +6,7 @@
   postpartum-onset flag among women (no effect on any outcome: lit §14 found no TRD data, a documented null).
 - **First-session blood pressure** (:func:`simulate_blood_pressure`): SBP rise ~ Normal(mu(x), sd) with mu from
   the site's cohort mean (the published spread between cohorts), age, hypertension, dose, route and dissociation
-  above a CADSS cut; DBP rise = ratio x SBP rise + Normal(0, tau). The event (pipeline/harmonise.py
+  above a CADSS cut; DBP rise = ratio x SBP rise + Normal(0, tau). The event (pipeline/outcomes.py
   ``BP_EVENT_*``) is read on the recorded whole mmHg, so given mu its probability is one bivariate-normal orthant;
   before the first dose the dissociation term is unknown and is averaged over P(CADSS > cut | route).
 - **Anxiety** (:func:`simulate_anxiety`): fractional GAD-7 change = slope x depression change (the unrounded
@@ -26,7 +26,7 @@ from scipy.optimize import brentq
 from scipy.special import ndtr, ndtri
 
 from pipeline.errors import ConfigError
-from pipeline.harmonise import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
+from pipeline.outcomes import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
 from pipeline.synthesize.outcomes import bivariate_normal_upper, logistic_from_normal, residual_fraction
 from pipeline.synthesize.params import ROUTES, BaselineBp, SynthesizeParams
 

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.special import expit, logit
 from scipy.stats import rankdata
 
-from pipeline.harmonise import REMISSION_MAX_MADRS
+from pipeline.outcomes import REMISSION_MAX_MADRS
 from pipeline.synthesize.outcomes import (
     Term,
     bivariate_normal_upper,

@@ -32,7 +32,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.errors import ConfigError
-from pipeline.harmonise import RESPONSE_FRACTION
+from pipeline.outcomes import RESPONSE_FRACTION
 from pipeline.scales import ScaleConversions
 from pipeline.sources.spec import TabularSourceSpec
 from pipeline.synthesize.params import SynthesizeParams

@@ -28,7 +28,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, log_ndtr, logit, ndtr, ndtri
 
 from pipeline.errors import ConfigError
-from pipeline.harmonise import REMISSION_MAX_MADRS, RESPONSE_FRACTION
+from pipeline.outcomes import REMISSION_MAX_MADRS, RESPONSE_FRACTION
 from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES, SynthesizeParams
 
 MADRS_MAX = 60

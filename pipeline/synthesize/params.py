@@ -398,7 +398,7 @@ class BloodPressureParams(Frozen):
 
     SBP rise ~ Normal(site mean + per-year age term + hypertension + dose + route + dissociation, sbp_rise_sd);
     DBP rise = dbp_rise_ratio x SBP rise + Normal(0, dbp_rise_noise_sd). The hypertensive event's thresholds
-    are the cleaner's (pipeline/harmonise.py BP_EVENT_*), so truth and cleaned data agree.
+    are the cleaner's (pipeline/outcomes.py BP_EVENT_*), so truth and cleaned data agree.
     """
 
     hypertension: Probability

@@ -9,7 +9,7 @@ import pandas as pd
 from scipy.special import expit, ndtr
 from scipy.stats import nbinom
 
-from pipeline.harmonise import REMISSION_MAX_MADRS, RESPONSE_FRACTION
+from pipeline.outcomes import REMISSION_MAX_MADRS, RESPONSE_FRACTION
 from pipeline.synthesize.clinical import simulate_anxiety, simulate_blood_pressure
 from pipeline.synthesize.cohort import simulate_baseline
 from pipeline.synthesize.outcomes import (

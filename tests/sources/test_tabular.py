@@ -23,7 +23,8 @@ from pipeline.errors import ConfigError, ExitCode, PipelineError
 from pipeline.harmonise import harmonise, rules_from_tabular_spec
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
-from pipeline.sources.spec import TabularSourceSpec, load_tabular_spec
+from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.spec import TabularSourceSpec
 from pipeline.sources.tabular import read_table, stage_long, stage_tabular
 from tests.conftest import REPO_ROOT
 
