@@ -95,18 +95,23 @@ def fmt_ranges(ranges: list[tuple[float, float]]) -> str:
     )
 
 
-def gate_verdict(inputs: CardInputs) -> str:
-    """The registry's own gate rule re-applied to the champion's CV metrics, beside what the registry recorded."""
+def gate_reasons(inputs: CardInputs) -> list[str] | None:
+    """Why the registry's gate refuses the champion (empty: it passes), re-applied to the champion's CV metrics
+    with the train stage's own rule; None when the CV metrics lack what the rule reads."""
     champion = inputs.cv.get(f"candidates.{inputs.champion}") or {}
     try:
-        reasons = gate_decision(
-            champion, inputs.train.gate.min_cv_auroc_lower, tuple(inputs.train.gate.calibration_slope)
-        )
+        return gate_decision(champion, inputs.train.gate.min_cv_auroc_lower, tuple(inputs.train.gate.calibration_slope))
     except (KeyError, TypeError):
+        return None
+
+
+def gate_verdict(inputs: CardInputs) -> str:
+    """The gate's verdict in words (from the CV metrics, so the same in every MLflow store)."""
+    reasons = gate_reasons(inputs)
+    if reasons is None:
         return "The gate could not be re-checked from the CV metrics."
     recheck = "passes" if not reasons else "fails (" + "; ".join(reasons) + ")"
-    registry = f"; the registry recorded '{inputs.registry.gate}'" if inputs.registry.gate else ""
-    return f"Re-checked from the CV metrics, the champion {recheck}{registry}."
+    return f"Re-checked from the CV metrics, the champion {recheck}."
 
 
 def best_test_candidate(inputs: CardInputs) -> str | None:

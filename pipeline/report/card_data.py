@@ -140,7 +140,7 @@ def build_card_data(inputs: CardInputs) -> dict[str, Any]:
         "poor_correlation": analysis.POOR_CORRELATION,
         "limitations": {
             "below_riley": check.met is False and not inputs.underpowered,
-            "gate_refused": inputs.registry.gate_reasons or "" if inputs.registry.gate == "refused" else None,
+            "gate_refused": "; ".join(refused) if (refused := analysis.gate_reasons(inputs)) else None,
         },
         "references": static_data("references"),
         "checklist": static_data("checklist"),

@@ -12,7 +12,6 @@ from pipeline.report.format import codes, level_header, md_code, md_escape
 from pipeline.report.inputs import CHAMPION_ALIAS, EXTERNAL_COHORT, SYNTHETIC, CardInputs
 from pipeline.report.tables import Keyed, json_grid, plain
 
-NOT_IN_REGISTRY = "not found in the MLflow registry at build time"
 # the optimism-corrected measures, in the order the card shows them: key, label, decimals
 VALIDATED_ROWS = (
     ("auroc", "AUROC", 3),
@@ -32,30 +31,18 @@ SOURCE_FIELDS = (
 
 
 def identity(inputs: CardInputs) -> dict[str, Any]:
-    reg, info = inputs.registry, inputs.model_info
+    """What the model is, by content. Not the registry's version number, alias or run: those belong to one MLflow
+    store (each clone or team server numbers its own), and the card is a DVC output that must be the same bytes
+    on every machine; `trd report` logs them and attaches the card to that version's run."""
+    info = inputs.model_info
     table = Keyed("item")
     table.string("registered model name", info, "registered_model_name")
-    alias_label = f"holds the `{CHAMPION_ALIAS}` alias"
-    if reg.found:
-        table.other("registered model version", str(reg.version), "MLflow registry, by estimator_sha256")
-        if reg.holds_champion:
-            alias = "yes"
-        elif reg.champion_version:
-            alias = f"no: the alias points to version {reg.champion_version}"
-        else:
-            alias = "no: no version holds the alias"
-        table.other(alias_label, alias, "MLflow registry")
-        # where to find the run, not its id: the id differs in every store, the card must not (dvc status)
-        table.other(
-            "MLflow training run",
-            f"experiment {reg.name}, the version's run (tag estimator_sha256 below)",
-            "MLflow registry",
-        )
-        table.other("registry gate", reg.gate or "–", "MLflow model version tag gate")
-        table.other("git commit of the training run", reg.training_git_sha or "–", "MLflow run tag git_sha")
-    else:
-        table.other("registered model version", NOT_IN_REGISTRY, "MLflow registry, by estimator_sha256")
-        table.other(alias_label, NOT_IN_REGISTRY, "MLflow registry")
+    table.other(
+        "registry entry",
+        f"the version tagged estimator_sha256 with the hash below; the {CHAMPION_ALIAS} alias moves to it only "
+        "when it passes the gate on its cross-validated metrics",
+        "MLflow registry (pipeline/tracking.py)",
+    )
     for label, key in (
         ("champion candidate", "candidate"),
         ("calibration", "calibration"),
@@ -64,7 +51,7 @@ def identity(inputs: CardInputs) -> dict[str, Any]:
         ("package version", "package_version"),
     ):
         table.string(label, info, key)
-    return {"table": table.data(), "registry_reason": reg.reason}
+    return {"table": table.data()}
 
 
 def summary(inputs: CardInputs) -> dict[str, Any]:

@@ -45,6 +45,20 @@ def write_card(card: dict[str, Any], markdown: str, page: str, folder: Path) -> 
     return files
 
 
+def registry_line(registry: RegistryInfo) -> str:
+    """The store-specific facts the card leaves out (version, alias, recorded gate), for the console and the log."""
+    if not registry.found:
+        return f"{registry.name} not found ({registry.reason or 'no version carries this estimator'})"
+    if registry.holds_champion:
+        alias = "holds the champion alias"
+    elif registry.champion_version:
+        alias = f"the champion alias points to version {registry.champion_version}"
+    else:
+        alias = "no version holds the champion alias"
+    gate = f", gate {registry.gate}" if registry.gate else ""
+    return f"{registry.name} version {registry.version}, {alias}{gate}"
+
+
 def log_to_mlflow(root: Path, registry: RegistryInfo, files: tuple[Path, ...]) -> bool:
     """Attach the card to the task's training run; skip with a warning when there is no run to attach it to.
 
@@ -73,7 +87,7 @@ def main(task_name: str) -> None:
     inputs = gather_inputs(paths, task_name, read_params_file(paths.params_file))
     card, markdown, page = render(inputs, paths.root)
     files = write_card(card, markdown, page, paths.reports_dir / task_name)
-    registry = f"version {inputs.registry.version}" if inputs.registry.found else "not in the registry"
     written = ", ".join(p.relative_to(paths.root).as_posix() for p in files)
-    log.info("%s: model card written to %s (registry: %s)", task_name, written, registry)
+    log.info("%s: model card written to %s", task_name, written)
+    log.info("%s: registry: %s", task_name, registry_line(inputs.registry))
     log_to_mlflow(paths.root, inputs.registry, files)
