@@ -27,7 +27,7 @@ from pipeline.contract import CohortContract
 from pipeline.errors import ConfigError
 from pipeline.params import parse_section, read_params_file
 from pipeline.paths import ROOT_ENV
-from pipeline.scales import ScaleConversions
+from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.check import load_tabular_spec
 from pipeline.sources.spec import TabularSourceSpec
 from pipeline.synthesize import (
@@ -44,6 +44,7 @@ from pipeline.synthesize import (
     planted_effects,
     render_clean_export,
     simulate_truth,
+    site_scale_problems,
     stage_rngs,
     synthesize,
     term_values,
@@ -824,3 +825,28 @@ def test_an_export_contract_the_generator_cannot_write_is_refused(
     with pytest.raises(ConfigError, match="hdl_mg_dl"):
         main()
     assert not (root / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("scale", "message"),
+    [
+        ("hamd_17", "did you mean 'hamd17'?"),  # a typo: not in the registry
+        ("phq9", "has no conversion to MADRS"),  # in the registry, but the generator cannot record MADRS on it
+    ],
+)
+def test_a_site_scale_must_be_a_registry_scale_with_a_conversion(scale: str, message: str) -> None:
+    raw = read_params_file(REPO_ROOT / "params.yaml")
+    raw["synthesize"]["sites"][0]["scale"] = scale
+    params = parse_section(SynthesizeParams, raw, "synthesize", "params.yaml")
+    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
+    problems = site_scale_problems(params, scales)
+    assert len(problems) == 1
+    assert problems[0].startswith("synthesize.sites[0].scale: ")
+    assert message in problems[0]
+
+
+def test_every_default_site_scale_is_recordable() -> None:
+    raw = read_params_file(REPO_ROOT / "params.yaml")
+    params = parse_section(SynthesizeParams, raw, "synthesize", "params.yaml")
+    scales = load_scale_conversions(REPO_ROOT / "configs" / "scale_conversions.yaml")
+    assert site_scale_problems(params, scales) == []

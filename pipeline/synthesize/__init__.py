@@ -58,6 +58,7 @@ same bytes, and changing an export rate leaves the truth unchanged.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import time
 import zlib
@@ -68,6 +69,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.contract import CohortContract, load_contract
+from pipeline.errors import ConfigError
 from pipeline.io import write_json, write_parquet
 from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
@@ -139,6 +141,24 @@ def conform_truth(frame: pd.DataFrame, contract: CohortContract) -> pd.DataFrame
     return pd.concat([canonical, frame[extra]], axis=1)
 
 
+def site_scale_problems(params: SynthesizeParams, scales: ScaleConversions) -> list[str]:
+    """``key: message`` lines for site scales the generator cannot record: unknown to the scale registry, or
+    without a conversion from MADRS. Adding a scale is a registry edit (with its citation), no code."""
+    problems = []
+    for index, site in enumerate(params.sites):
+        key = f"synthesize.sites[{index}].scale"
+        if site.scale not in scales.names:
+            close = difflib.get_close_matches(site.scale, scales.names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (scales: {', '.join(scales.names)})"
+            problems.append(f"{key}: '{site.scale}' is not in configs/scale_conversions.yaml{hint}")
+        elif not scales.convertible(site.scale):
+            problems.append(
+                f"{key}: '{site.scale}' has no conversion to MADRS in configs/scale_conversions.yaml, so the "
+                "generator cannot record MADRS on it (use a scale with a published conversion)"
+            )
+    return problems
+
+
 def synthesize(
     params: SynthesizeParams,
     seed: int,
@@ -148,6 +168,9 @@ def synthesize(
     scales: ScaleConversions,
 ) -> SyntheticCohort:
     """The whole stage without file input/output: truth, export, corruption log and planted effects."""
+    problems = site_scale_problems(params, scales)
+    if problems:
+        raise ConfigError("; ".join(problems), hint="fix the site's scale in params.yaml")
     truth_rng, export_rng = stage_rngs(seed)
     simulated = simulate_truth(params, truth_rng)
     # keep only the conformed frame: at a million patients every extra copy of the truth costs ~300 MB

@@ -17,7 +17,6 @@ from pipeline.params import Frozen
 
 Route = Literal["iv_racemic", "intranasal_esketamine", "oral", "im_sc"]
 Psychotherapy = Literal["none", "supportive", "structured_kap"]
-Scale = Literal["madrs", "hamd17", "qids_sr16"]
 ROUTES: tuple[str, ...] = get_args(Route)
 PSYCHOTHERAPIES: tuple[str, ...] = get_args(Psychotherapy)
 
@@ -88,7 +87,11 @@ class Site(Frozen):
     intercept: LogOdds = Field(description="Site offset on the marginal log-odds of every outcome.")
     route_mix: RouteMix
     psychotherapy_mix: PsychotherapyMix
-    scale: Scale = Field(description="Rating scale the site records depression scores on.")
+    scale: str = Field(
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Rating scale the site records depression scores on: a scale of configs/scale_conversions.yaml "
+        "with a conversion to MADRS (the generator draws MADRS and records it on the site's scale).",
+    )
     units: Literal["metric", "imperial"] = Field(description="kg/cm or lb/in for weight and height.")
     sbp_rise_mean: float | None = Field(
         default=None,
