@@ -24,9 +24,9 @@ are parsed, coded against the contract's levels and range-checked like any other
 A row with several problems is quarantined once, under its first problem; the message lists all of them.
 Missing values stay missing (imputation belongs to the models).
 
-This module is the frame-level driver (rules, the steps above, duplicates); the value-level pieces it calls live
-apart: parsing, code lookup and issue collection in pipeline/harmonise_values.py, outcome derivation (step 8) in
-pipeline/harmonise_outcomes.py, validation against the contract in pipeline/harmonise_validate.py.
+This module is the frame-level driver (rules, the steps above, duplicates); the pieces it calls live apart:
+parsing, code lookup, units and issue collection in pipeline/harmonise_values.py, outcome derivation (step 8)
+in pipeline/harmonise_outcomes.py, validation against the contract in pipeline/harmonise_validate.py.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from pipeline.harmonise_values import (
     map_codes,
     norm,
     parse_numbers,
+    to_si,
 )
 from pipeline.missing import MISSING_MARKERS, blank_missing, markers_with
 from pipeline.quarantine import Reason, quarantine_frame
@@ -161,8 +162,8 @@ def harmonise(
 
     # 4. units and derived BMI
     if rules.weight_units is not None and "weight_raw" in staged:
-        weight_kg, n_weight = _to_si(staged, "weight", rules.weight_units, "kg", issues)
-        height_m, n_height = _to_si(staged, "height", rules.height_units or {}, "m", issues)
+        weight_kg, n_weight = to_si(staged, "weight", rules.weight_units, "kg", issues)
+        height_m, n_height = to_si(staged, "height", rules.height_units or {}, "m", issues)
         conversions["weight_to_kg"] = n_weight
         conversions["height_to_m"] = n_height
         bmi = out["bmi"] if "bmi" in out else pd.Series(np.nan, index=staged.index)
@@ -307,31 +308,6 @@ def _check_ranges(contract: CohortContract, issues: Issues, out: pd.DataFrame) -
                 f" is outside the possible range {spec.min:g}–{spec.max:g}" + (f" {spec.unit}" if spec.unit else ""),
             ),
         )
-
-
-def _to_si(
-    staged: pd.DataFrame, what: str, units: Mapping[str, float], si: str, issues: Issues
-) -> tuple[pd.Series, int]:
-    raw = staged[f"{what}_raw"]
-    value, bad = parse_numbers(raw)
-    issues.add(
-        Reason.WRONG_TYPE,
-        what,
-        bad,
-        Message("'", raw, f"' is not a number ({what})"),
-    )
-    unit = norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
-    lookup = {k.casefold(): v for k, v in units.items()}
-    factor = unit.map(lookup).astype("float64")
-    unknown = value.notna() & factor.isna()
-    issues.add(
-        Reason.UNKNOWN_CODE,
-        f"{what}_unit",
-        unknown,
-        Message("unit '", unit, f"' of {what} is not one of {', '.join(sorted(lookup))}"),
-    )
-    converted = int((value.notna() & factor.notna() & (factor != 1.0)).sum())
-    return value * factor, converted
 
 
 def _harmonise_scores(

@@ -1,4 +1,5 @@
-"""Value-level harmonisation: numbers parsed, codes looked up, and each problem collected as a quarantine message.
+"""Value-level harmonisation: numbers parsed, codes looked up, units converted, and each problem collected as a
+quarantine message.
 
 Apart from the frame-level driver (pipeline/harmonise.py) because these pieces know nothing about a source or the
 contract: they turn one column of raw values into typed values plus a mask of bad ones, and :class:`Issues`
@@ -142,6 +143,32 @@ class Issues:
 
 def _shown(values: pd.Series) -> pd.Series:
     return values.astype("string").fillna("<missing>")
+
+
+def to_si(
+    staged: pd.DataFrame, what: str, units: Mapping[str, float], si: str, issues: Issues
+) -> tuple[pd.Series, int]:
+    """``{what}_raw`` in SI units (``{what}_unit`` looked up in ``units``), and how many values were converted."""
+    raw = staged[f"{what}_raw"]
+    value, bad = parse_numbers(raw)
+    issues.add(
+        Reason.WRONG_TYPE,
+        what,
+        bad,
+        Message("'", raw, f"' is not a number ({what})"),
+    )
+    unit = norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
+    lookup = {k.casefold(): v for k, v in units.items()}
+    factor = unit.map(lookup).astype("float64")
+    unknown = value.notna() & factor.isna()
+    issues.add(
+        Reason.UNKNOWN_CODE,
+        f"{what}_unit",
+        unknown,
+        Message("unit '", unit, f"' of {what} is not one of {', '.join(sorted(lookup))}"),
+    )
+    converted = int((value.notna() & factor.notna() & (factor != 1.0)).sum())
+    return value * factor, converted
 
 
 def issue_rows(
