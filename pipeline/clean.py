@@ -101,7 +101,7 @@ def load_source_config(name: str, paths: ProjectPaths, contract: CohortContract,
             )
         return spec
     if kind == "bids_phenotype":
-        from pipeline.sources.bids import load_bids_spec  # noqa: PLC0415 (only BIDS sources need it)
+        from pipeline.sources.bids_spec import load_bids_spec  # noqa: PLC0415 (only BIDS sources need it)
         from pipeline.sources.check import bids_problems  # noqa: PLC0415
 
         bids = load_bids_spec(spec_path)

@@ -1,7 +1,7 @@
 """The ``fetch`` stage: obtain a public cohort's files, verify every checksum, and put them in place whole.
 
 ``trd fetch ds005917`` reads ``configs/sources/ds005917.yaml`` (a ``kind: bids_phenotype`` file, model
-:class:`~pipeline.sources.bids.BidsSourceSpec`) and fills ``data/external/ds005917/`` (a DVC output) with the
+:class:`~pipeline.sources.bids_spec.BidsSourceSpec`) and fills ``data/external/ds005917/`` (a DVC output) with the
 listed files, from a local mirror folder when ``TRD_DATA_MIRROR`` is set (it holds ``<source>/<path>``, e.g.
 ``../shared/datasets``), otherwise over HTTPS from each file's urls in order. A file is accepted only if its
 SHA-256 (and size) equals the pinned one.
@@ -34,7 +34,7 @@ import yaml
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io import write_json
 from pipeline.paths import ProjectPaths
-from pipeline.sources.bids import BidsSourceSpec, RemoteFile, load_bids_spec
+from pipeline.sources.bids_spec import BidsSourceSpec, RemoteFile, load_bids_spec
 from pipeline.sources.spec import load_yaml_spec
 
 logger = logging.getLogger(__name__)

@@ -23,24 +23,36 @@ are parsed, coded against the contract's levels and range-checked like any other
 
 A row with several problems is quarantined once, under its first problem; the message lists all of them.
 Missing values stay missing (imputation belongs to the models).
+
+This module is the frame-level driver (rules, the steps above, duplicates); the pieces it calls live apart:
+parsing, code lookup, units and issue collection in pipeline/harmonise_values.py, outcome derivation (step 8)
+in pipeline/harmonise_outcomes.py, validation against the contract in pipeline/harmonise_validate.py.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pandera.errors
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline.contract import CohortContract
 from pipeline.errors import PipelineError
+from pipeline.harmonise_outcomes import RECORDED_PREFIX, count_not_on_madrs, derive_outcomes
+from pipeline.harmonise_validate import to_contract
+from pipeline.harmonise_values import (
+    CANONICAL_FLAGS,
+    Issues,
+    Message,
+    code_lookup,
+    issue_rows,
+    map_codes,
+    norm,
+    parse_numbers,
+    to_si,
+)
 from pipeline.missing import MISSING_MARKERS, blank_missing, markers_with
-from pipeline.outcomes import BP_EVENT_DBP_PEAK, BP_EVENT_SBP_PEAK, BP_EVENT_SBP_RISE, RESPONSE_FRACTION
 from pipeline.quarantine import Reason, quarantine_frame
 from pipeline.scales import ScaleConversions
 from pipeline.sources import BOOKKEEPING_COLUMNS
@@ -63,7 +75,6 @@ DUPLICATE_ORDER_TEXT = {
     "updated_at": "the latest updated_at",
     "file_order": "the first in file order",
 }
-RECORDED_PREFIX = "__recorded__"  # recorded scores of a scale without a conversion, kept for its outcome rules
 
 
 @dataclass(frozen=True)
@@ -97,85 +108,6 @@ class HarmoniseResult:
     not_on_madrs: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _norm_codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Each value's position among the distinct values (-1: missing), and those values normalised (None: empty).
-
-    Exports repeat a handful of codes millions of times, so only the distinct values are normalised.
-    """
-    codes, uniques = pd.factorize(series, use_na_sentinel=True)
-    if len(uniques) == 0:
-        return codes, np.empty(0, dtype=object)
-    text = pd.Series(uniques).astype("string").str.strip().str.casefold().to_numpy(dtype=object, na_value=None)
-    return codes, np.array([None if value == "" else value for value in text], dtype=object)
-
-
-def _norm(series: pd.Series) -> pd.Series:
-    """Codes compared case-insensitively, ignoring surrounding spaces; empty text counts as missing."""
-    codes, text = _norm_codes(series)
-    if len(text) == 0:
-        return pd.Series(pd.NA, index=series.index, dtype="string")
-    normalised = np.where(codes >= 0, text[np.maximum(codes, 0)], None)
-    return pd.Series(normalised, index=series.index, dtype="string")
-
-
-def _map_codes(series: pd.Series, lookup: Mapping[str, object], dtype: str) -> tuple[pd.Series, np.ndarray]:
-    """``lookup`` of each value's normalised code as a ``dtype`` series (missing where the value is missing or
-    unknown), and the mask of non-empty codes not in ``lookup``. Each distinct code is looked up once."""
-    codes, text = _norm_codes(series)
-    given = np.array([t is not None for t in text] + [False])
-    mapped = np.array([None if t is None else _lookup_code(t, lookup) for t in text] + [None], dtype=object)
-    known = np.array([m is not None for m in mapped])
-    rows = np.where(codes >= 0, codes, len(text))  # missing values point at the trailing None
-    values = pd.array(mapped, dtype=dtype).take(rows)
-    return pd.Series(values, index=series.index), given[rows] & ~known[rows]
-
-
-_WHOLE_NUMBER = re.compile(r"^([+-]?\d+)\.0*$")
-
-
-def _lookup_code(code: str, lookup: Mapping[str, object]) -> object:
-    """A code's level; a whole number written as a float ("1.0", what pandas writes for a coded column with gaps)
-    is looked up as the integer code it is."""
-    found = lookup.get(code)
-    if found is None and (whole := _WHOLE_NUMBER.match(code)):
-        found = lookup.get(str(int(whole.group(1))))
-    return found
-
-
-def _parse_numbers(raw: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Numbers as float64, and the mask of non-empty values that are not finite numbers (``wrong_type``).
-
-    Each value is judged alone (one pattern for the whole column, no fast path that depends on the other values
-    of the chunk), so a file gets the same verdicts at any chunk size. Text such as ``inf`` or ``1e309`` (which
-    overflows) is not a finite number; missing-value markers were removed before (pipeline/missing.py).
-    """
-    if pd.api.types.is_numeric_dtype(raw.dtype) and not pd.api.types.is_bool_dtype(raw.dtype):
-        values = raw.astype("float64")
-        infinite = np.isinf(values.to_numpy())
-        return values.mask(infinite), pd.Series(infinite, index=raw.index)
-    text = pa.array(raw.astype("string").array, type=pa.string())
-    stripped = pc.utf8_trim_whitespace(text)
-    is_number = pc.fill_null(pc.match_substring_regex(stripped, _NUMBER_PATTERN), False)
-    numbers = pc.cast(pc.if_else(is_number, stripped, pa.scalar(None, pa.string())), pa.float64())
-    parsed = numbers.to_numpy(zero_copy_only=False)
-    given = pc.fill_null(pc.not_equal(stripped, ""), False).to_numpy(zero_copy_only=False)
-    bad = given & (~is_number.to_numpy(zero_copy_only=False) | np.isinf(parsed))
-    parsed = np.where(bad, np.nan, parsed)
-    return pd.Series(parsed, index=raw.index, dtype="float64"), pd.Series(bad, index=raw.index)
-
-
-# a decimal number as exports write it: sign, digits with an optional point, optional exponent
-_NUMBER_PATTERN = r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$"
-
-
-CANONICAL_FLAGS: dict[str, bool] = {"true": True, "false": False}  # YAML's true/false, as text
-
-
-def code_lookup(codes: Mapping[str, list[str]]) -> dict[str, str]:
-    """{level: [codes]} -> {normalised code: level}, the form every code check uses."""
-    return {str(code).strip().casefold(): level for level, code_list in codes.items() for code in code_list}
-
-
 def rules_from_tabular_spec(
     spec: TabularSourceSpec, *, constants: Mapping[str, object] | None = None, resolve_duplicates: bool = True
 ) -> HarmoniseRules:
@@ -207,58 +139,13 @@ def rules_from_tabular_spec(
     )
 
 
-@dataclass(frozen=True)
-class _Message:
-    """``prefix + value + suffix`` for each row, the value shown as text; built only for the rows flagged."""
-
-    prefix: str
-    values: pd.Series
-    suffix: str
-
-    def build(self, mask: np.ndarray) -> pd.Series:
-        return self.prefix + _shown(self.values[mask]) + self.suffix
-
-
-class _Issues:
-    """Collects (reason, column, row mask, message per flagged row) in the order problems are found."""
-
-    def __init__(self, index: pd.Index) -> None:
-        self.index = index
-        self.items: list[tuple[Reason, str, np.ndarray, pd.Series]] = []
-
-    def add(
-        self, reason: Reason, column: str, mask: pd.Series | np.ndarray, messages: _Message | pd.Series | str
-    ) -> None:
-        mask_arr = np.asarray(mask, dtype=bool)
-        if not mask_arr.any():
-            return
-        # messages are kept for the flagged rows only (a few per chunk): text for every row is the slow part
-        if isinstance(messages, _Message):
-            messages = messages.build(mask_arr)
-        elif isinstance(messages, str):
-            messages = pd.Series(messages, index=self.index[mask_arr], dtype="string")
-        else:
-            messages = messages[mask_arr]
-        self.items.append((reason, column, mask_arr, messages.astype("string")))
-
-    def any_mask(self) -> np.ndarray:
-        out = np.zeros(len(self.index), dtype=bool)
-        for _, _, mask, _ in self.items:
-            out |= mask
-        return out
-
-
-def _shown(values: pd.Series) -> pd.Series:
-    return values.astype("string").fillna("<missing>")
-
-
 def harmonise(
     staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, scales: ScaleConversions
 ) -> HarmoniseResult:
     """Turn a staged frame into validated canonical rows and quarantine rows (see module docstring)."""
     # constants are canonical values, never markers (psychotherapy 'none' is a level)
     staged = _blank_missing_markers(staged.reset_index(drop=True), rules, contract)
-    issues = _Issues(staged.index)
+    issues = Issues(staged.index)
     out = pd.DataFrame(index=staged.index)
     conversions: dict[str, int] = {}
 
@@ -275,8 +162,8 @@ def harmonise(
 
     # 4. units and derived BMI
     if rules.weight_units is not None and "weight_raw" in staged:
-        weight_kg, n_weight = _to_si(staged, "weight", rules.weight_units, "kg", issues)
-        height_m, n_height = _to_si(staged, "height", rules.height_units or {}, "m", issues)
+        weight_kg, n_weight = to_si(staged, "weight", rules.weight_units, "kg", issues)
+        height_m, n_height = to_si(staged, "height", rules.height_units or {}, "m", issues)
         conversions["weight_to_kg"] = n_weight
         conversions["height_to_m"] = n_height
         bmi = out["bmi"] if "bmi" in out else pd.Series(np.nan, index=staged.index)
@@ -298,18 +185,18 @@ def harmonise(
     for col in BOOKKEEPING_COLUMNS:
         out[col] = staged.get(col, pd.NA)
     quarantined = issues.any_mask()
-    quarantine_rows = _issue_rows(issues, staged, out, rules.source, quarantined)
+    quarantine_rows = issue_rows(issues, staged, out, rules.source, quarantined)
 
     kept = out.loc[~quarantined].copy()
     if rules.resolve_duplicates:
         kept, duplicates = _resolve_duplicates(kept, staged, contract, rules.source, rules.duplicate_order)
         quarantine_rows = pd.concat([quarantine_rows, duplicates], ignore_index=True)
 
-    kept = _derive_outcomes(kept, scales)
-    not_on_madrs = _not_on_madrs(kept, scales)
+    kept = derive_outcomes(kept, scales)
+    not_on_madrs = count_not_on_madrs(kept, scales)
     source_rows = kept["source_row"].to_numpy(dtype="int64", na_value=-1)
     # the scorer resolves duplicates across chunks itself, so only the clean stage demands unique ids here
-    cohort = _to_contract(kept, contract, rules.source, unique_ids=rules.resolve_duplicates)
+    cohort = to_contract(kept, contract, rules.source, unique_ids=rules.resolve_duplicates)
     quarantine = quarantine_frame(quarantine_rows).sort_values(["source_row"], kind="stable").reset_index(drop=True)
     return HarmoniseResult(
         cohort=cohort, quarantine=quarantine, conversions=conversions, source_rows=source_rows,
@@ -324,7 +211,7 @@ def constant_problems(constants: Mapping[str, object], contract: CohortContract,
     if not present:
         return []
     staged = pd.DataFrame({name: pd.Series([value], dtype=object) for name, value in present.items()})
-    issues = _Issues(staged.index)
+    issues = Issues(staged.index)
     out = pd.DataFrame(index=staged.index)
     _parse_columns(staged, HarmoniseRules(source=source, constants=present), contract, issues, out)
     _check_ranges(contract, issues, out)
@@ -363,7 +250,7 @@ def _known_codes(name: str, rules: HarmoniseRules, contract: CohortContract) -> 
 
 
 def _parse_columns(
-    staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, issues: _Issues, out: pd.DataFrame
+    staged: pd.DataFrame, rules: HarmoniseRules, contract: CohortContract, issues: Issues, out: pd.DataFrame
 ) -> None:
     """Parse numbers and map codes for every canonical column the staged frame has (fills ``out``)."""
     for spec in contract.columns:
@@ -372,39 +259,39 @@ def _parse_columns(
             continue
         raw = staged[name]
         if spec.dtype in ("float", "int"):
-            parsed, bad = _parse_numbers(raw)
-            issues.add(Reason.WRONG_TYPE, name, bad, _Message("'", raw, f"' is not a number ({name})"))
+            parsed, bad = parse_numbers(raw)
+            issues.add(Reason.WRONG_TYPE, name, bad, Message("'", raw, f"' is not a number ({name})"))
             if spec.dtype == "int":
                 fractional = parsed.notna() & (parsed != np.round(parsed))
-                issues.add(Reason.WRONG_TYPE, name, fractional, _Message("'", raw, f"' is not a whole number ({name})"))
+                issues.add(Reason.WRONG_TYPE, name, fractional, Message("'", raw, f"' is not a whole number ({name})"))
             out[name] = parsed
         elif name in rules.passthrough:
             out[name] = raw.astype("string").str.strip().mask(lambda s: s == "")
         elif name in rules.boolean or spec.dtype == "bool":
             # a constant is written canonically (true/false), whatever codes the source's own columns use
             lookup_flags = CANONICAL_FLAGS if name in rules.constants else rules.boolean_lookup
-            mapped, unknown = _map_codes(raw, lookup_flags, "boolean")
+            mapped, unknown = map_codes(raw, lookup_flags, "boolean")
             known = ", ".join(sorted(lookup_flags)) or "none configured"
             issues.add(
-                Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a yes/no code for {name} ({known})")
+                Reason.UNKNOWN_CODE, name, unknown, Message("'", raw, f"' is not a yes/no code for {name} ({known})")
             )
             out[name] = mapped
         elif spec.dtype == "category":
             lookup = None if name in rules.constants else rules.categorical.get(name)
             if lookup is None:  # the source records canonical levels (always so for a constant)
                 lookup = {level.casefold(): level for level in spec.levels or ()}
-            mapped, unknown = _map_codes(raw, lookup, "string")
+            mapped, unknown = map_codes(raw, lookup, "string")
             if name in rules.constants:
                 hint = f"levels: {', '.join(spec.levels or ())}; a constant is written as a canonical level"
             else:
                 hint = f"known: {', '.join(sorted(set(lookup)))}; add the code to configs/sources/{rules.source}.yaml"
-            issues.add(Reason.UNKNOWN_CODE, name, unknown, _Message("'", raw, f"' is not a known {name} ({hint})"))
+            issues.add(Reason.UNKNOWN_CODE, name, unknown, Message("'", raw, f"' is not a known {name} ({hint})"))
             out[name] = mapped
         else:
             out[name] = raw.astype("string")
 
 
-def _check_ranges(contract: CohortContract, issues: _Issues, out: pd.DataFrame) -> None:
+def _check_ranges(contract: CohortContract, issues: Issues, out: pd.DataFrame) -> None:
     """Flag every number outside the contract's range (never clipped)."""
     for spec in contract.columns:
         if spec.min is None or spec.max is None or spec.name not in out:
@@ -415,7 +302,7 @@ def _check_ranges(contract: CohortContract, issues: _Issues, out: pd.DataFrame) 
             Reason.IMPOSSIBLE_VALUE,
             spec.name,
             outside,
-            _Message(
+            Message(
                 f"{spec.name} ",
                 values.round(2),
                 f" is outside the possible range {spec.min:g}–{spec.max:g}" + (f" {spec.unit}" if spec.unit else ""),
@@ -423,37 +310,12 @@ def _check_ranges(contract: CohortContract, issues: _Issues, out: pd.DataFrame) 
         )
 
 
-def _to_si(
-    staged: pd.DataFrame, what: str, units: Mapping[str, float], si: str, issues: _Issues
-) -> tuple[pd.Series, int]:
-    raw = staged[f"{what}_raw"]
-    value, bad = _parse_numbers(raw)
-    issues.add(
-        Reason.WRONG_TYPE,
-        what,
-        bad,
-        _Message("'", raw, f"' is not a number ({what})"),
-    )
-    unit = _norm(staged[f"{what}_unit"]) if f"{what}_unit" in staged else pd.Series(pd.NA, index=staged.index)
-    lookup = {k.casefold(): v for k, v in units.items()}
-    factor = unit.map(lookup).astype("float64")
-    unknown = value.notna() & factor.isna()
-    issues.add(
-        Reason.UNKNOWN_CODE,
-        f"{what}_unit",
-        unknown,
-        _Message("unit '", unit, f"' of {what} is not one of {', '.join(sorted(lookup))}"),
-    )
-    converted = int((value.notna() & factor.notna() & (factor != 1.0)).sum())
-    return value * factor, converted
-
-
 def _harmonise_scores(
     staged: pd.DataFrame,
     *,
     rules: HarmoniseRules,
     scales: ScaleConversions,
-    issues: _Issues,
+    issues: Issues,
     out: pd.DataFrame,
     conversions: dict[str, int],
 ) -> None:
@@ -461,7 +323,7 @@ def _harmonise_scores(
     if rules.scale_lookup is None or "score_scale" not in staged:
         scale = pd.Series(rules.constants.get("madrs_source_scale", "madrs"), index=staged.index, dtype="string")
     else:
-        normed = _norm(staged["score_scale"])
+        normed = norm(staged["score_scale"])
         scale = normed.map(rules.scale_lookup).astype("string")
         unknown = normed.notna() & scale.isna()
         codes = ", ".join(sorted(rules.scale_lookup))
@@ -469,7 +331,7 @@ def _harmonise_scores(
             Reason.UNKNOWN_CODE,
             "score_scale",
             unknown,
-            _Message(
+            Message(
                 "depression scale '",
                 staged["score_scale"],
                 f"' is not a scale code of this source ({codes}); add it under depression_scores.scale_codes in "
@@ -482,12 +344,12 @@ def _harmonise_scores(
     unconvertible = scale.isin([name for name in scales.names if not scales.convertible(name)]).fillna(False)
     for column in present:
         raw = staged[column]
-        value, bad = _parse_numbers(raw)
+        value, bad = parse_numbers(raw)
         issues.add(
             Reason.WRONG_TYPE,
             column,
             bad,
-            _Message("'", raw, f"' is not a number ({column})"),
+            Message("'", raw, f"' is not a number ({column})"),
         )
         madrs = value.copy()
         for name, (low, high) in scales.ranges.items():
@@ -499,7 +361,7 @@ def _harmonise_scores(
                 Reason.IMPOSSIBLE_VALUE,
                 column,
                 outside,
-                _Message(f"{column} ", value, f" is outside the {scales.scales[name].label} range {low:g}–{high:g}"),
+                Message(f"{column} ", value, f" is outside the {scales.scales[name].label} range {low:g}–{high:g}"),
             )
             if name == scales.target or not on_scale.any():
                 continue
@@ -517,58 +379,6 @@ def _harmonise_scores(
             capped.sum()
         )
         out[column] = madrs.where(~converted, madrs.clip(target_low, target_high))
-
-
-def _not_on_madrs(kept: pd.DataFrame, scales: ScaleConversions) -> dict[str, dict[str, int]]:
-    """Per scale without a conversion: how many kept scores each MADRS-point column lacks for that reason."""
-    counts: dict[str, dict[str, int]] = {}
-    if "madrs_source_scale" not in kept:
-        return counts
-    for helper in (c for c in kept.columns if c.startswith(RECORDED_PREFIX)):
-        column = helper.removeprefix(RECORDED_PREFIX)
-        for scale, n in kept.loc[kept[helper].notna(), "madrs_source_scale"].value_counts().items():
-            counts.setdefault(str(scale), {})[column] = int(n)
-    return {scale: dict(sorted(columns.items())) for scale, columns in sorted(counts.items())}
-
-
-def _issue_rows(
-    issues: _Issues, staged: pd.DataFrame, out: pd.DataFrame, source: str, quarantined: np.ndarray
-) -> pd.DataFrame:
-    if not quarantined.any():
-        return quarantine_frame()
-    # only the quarantined rows (usually a few per chunk) are worked on, as plain arrays
-    index = staged.index[quarantined]
-    first_reason = np.full(len(index), None, dtype=object)
-    first_column = np.full(len(index), None, dtype=object)
-    first_value = np.full(len(index), None, dtype=object)
-    named = np.zeros(len(index), dtype=bool)
-    parts: list[list[str]] = [[] for _ in range(len(index))]
-    for reason, column, mask, message in issues.items:
-        hit = mask[quarantined]
-        fresh = hit & ~named
-        named |= hit
-        first_reason[fresh] = str(reason)
-        first_column[fresh] = column
-        source_col = {"weight": "weight_raw", "height": "height_raw"}.get(column, column)
-        if source_col in staged:
-            shown = staged.loc[index[fresh], source_col].astype("string")
-            first_value[fresh] = shown.to_numpy(dtype=object, na_value=None)
-        for row, text in zip(np.flatnonzero(hit), message.to_numpy(dtype=object, na_value=""), strict=True):
-            parts[row].append(text)
-    messages = ["; ".join(texts).lstrip("; ") for texts in parts]
-    rows = pd.DataFrame(
-        {
-            "source": source,
-            "source_file": out["source_file"].loc[index],
-            "source_row": out["source_row"].loc[index],
-            "patient_id": out["patient_id"].loc[index],
-            "reason_code": pd.Series(first_reason, index=index, dtype="string"),
-            "column": pd.Series(first_column, index=index, dtype="string"),
-            "value": pd.Series(first_value, index=index, dtype="string"),
-            "message": pd.Series(messages, index=index, dtype="string"),
-        }
-    )
-    return rows
 
 
 def _resolve_duplicates(
@@ -624,173 +434,3 @@ def _resolve_duplicates(
         }
     )
     return kept.drop(index=losers_idx), duplicates
-
-
-def _derive_outcomes(frame: pd.DataFrame, scales: ScaleConversions) -> pd.DataFrame:
-    """Response, remission and percent change from the scores (missing where a score is missing).
-
-    Scores on MADRS (recorded or converted) follow MADRS's rules; scores on a scale without a conversion follow
-    that scale's own rules (configs/scale_conversions.yaml), on the values as recorded. Percent change is a MADRS
-    quantity and stays missing for the latter.
-    """
-    frame = frame.copy(deep=False)  # whole columns are added or replaced, never changed in place
-    index = frame.index
-    target = scales.scales[scales.target]
-    scale = frame["madrs_source_scale"] if "madrs_source_scale" in frame else pd.Series(pd.NA, index=index)
-    own_rules = {
-        name: (scale == name).fillna(False).to_numpy() for name in scales.names if not scales.convertible(name)
-    }
-    on_madrs = ~np.logical_or.reduce([np.zeros(len(index), dtype=bool), *own_rules.values()])
-
-    def madrs(name: str) -> pd.Series:
-        return frame[name].astype("float64") if name in frame else pd.Series(np.nan, index=index)
-
-    def score(name: str) -> pd.Series:
-        """MADRS points, or the recorded score where the scale has its own rules."""
-        recorded = frame.get(RECORDED_PREFIX + name)
-        return madrs(name) if recorded is None else madrs(name).where(on_madrs, recorded.astype("float64"))
-
-    keep = np.full(len(index), 1.0 - target.response.min_reduction)  # response: score <= keep x baseline
-    for name, rows in own_rules.items():
-        keep[rows] = 1.0 - scales.scales[name].response.min_reduction
-    base = score("madrs_baseline")
-
-    def responded(value: pd.Series) -> pd.Series:
-        result = pd.Series(value.to_numpy() <= keep * base.to_numpy(), index=index).astype("boolean")
-        return result.mask(value.isna() | base.isna())
-
-    def remitted(value: pd.Series) -> pd.Series:
-        met = target.remission.met(value.to_numpy())
-        for name, rows in own_rules.items():
-            met = np.where(rows, scales.scales[name].remission.met(value.to_numpy()), met)
-        return pd.Series(met, index=index).astype("boolean").mask(value.isna())
-
-    acute, end, week8, placebo = (
-        score("madrs_acute"),
-        score("madrs_end"),
-        score("madrs_week8"),
-        score("madrs_placebo_acute"),
-    )
-    frame["response_acute"] = responded(acute)
-    frame["response_end"] = responded(end)
-    frame["remission_end"] = remitted(end)
-    frame["sustained_week8"] = responded(end) & responded(week8)
-    frame["response_placebo_acute"] = responded(placebo)
-    madrs_base, madrs_acute = madrs("madrs_baseline"), madrs("madrs_acute")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        pct = 100.0 * ((madrs_acute - madrs_base) / madrs_base)  # divide first: (0 - b) / b is exactly -1
-    frame["madrs_pct_change_acute"] = pct.where(madrs_base > 0)
-    frame["anxiety_response_end"] = _anxiety_response(frame)
-    frame["bp_event_first"] = _bp_event(frame)
-    return frame
-
-
-def _column(frame: pd.DataFrame, name: str) -> pd.Series:
-    return frame[name].astype("Float64") if name in frame else pd.Series(pd.NA, index=frame.index, dtype="Float64")
-
-
-def _anxiety_response(frame: pd.DataFrame) -> pd.Series:
-    """GAD-7 drop >= 50 % (missing where either score is)."""
-    return (_column(frame, "gad7_end") <= RESPONSE_FRACTION * _column(frame, "gad7_baseline")).astype("boolean")
-
-
-def _bp_event(frame: pd.DataFrame) -> pd.Series:
-    """Any of the three criteria met (True as soon as one is known to be met; missing if none is and one is unknown)."""
-    sbp_rise, dbp_rise = _column(frame, "sbp_rise_first_mmhg"), _column(frame, "dbp_rise_first_mmhg")
-    met = (
-        (sbp_rise >= BP_EVENT_SBP_RISE)
-        | (_column(frame, "sbp_baseline") + sbp_rise >= BP_EVENT_SBP_PEAK)
-        | (_column(frame, "dbp_baseline") + dbp_rise >= BP_EVENT_DBP_PEAK)
-    )
-    return met.astype("boolean")
-
-
-def _to_contract(kept: pd.DataFrame, contract: CohortContract, source: str, *, unique_ids: bool) -> pd.DataFrame:
-    frame = kept.copy(deep=False)  # columns are only added
-    for spec in contract.columns:
-        if spec.name not in frame:
-            frame[spec.name] = pd.Series(None, index=frame.index, dtype=spec.pandas_dtype)
-    frame = contract.coerce(frame.reset_index(drop=True))
-    schema = _schema(contract, unique_ids)
-    validated = _passes(frame, schema)
-    if validated is not None:
-        return validated
-    try:  # pandera validates again, and names every failure
-        return schema.validate(frame, lazy=True)
-    except pandera.errors.SchemaErrors as exc:
-        cases = exc.failure_cases.head(10).to_string(index=False)
-        raise PipelineError(
-            f"harmonised '{source}' rows violate the canonical contract; nothing was written:\n{cases}",
-            hint="this is a bug in an adapter or in harmonisation: please report it with this message",
-        ) from None
-
-
-_SCHEMAS: dict[tuple[int, bool], tuple[CohortContract, pandera.api.pandas.container.DataFrameSchema]] = {}
-
-
-def _schema(contract: CohortContract, unique_ids: bool) -> pandera.api.pandas.container.DataFrameSchema:
-    """The contract's pandera schema, built once per contract (the scorer validates thousands of chunks)."""
-    cached = _SCHEMAS.get((id(contract), unique_ids))
-    if cached is None or cached[0] is not contract:
-        if len(_SCHEMAS) > 16:
-            _SCHEMAS.clear()
-        cached = _SCHEMAS[(id(contract), unique_ids)] = (contract, contract.pandera_schema(unique_ids=unique_ids))
-    return cached[1]
-
-
-def _passes(frame: pd.DataFrame, schema: pandera.api.pandas.container.DataFrameSchema) -> pd.DataFrame | None:
-    """``schema.validate(frame)`` when the frame passes, with vectorised checks in place of pandera's per-check
-    machinery (which costs more than harmonising a chunk); None when any check fails or the schema uses a
-    feature not understood here, and then pandera validates and reports exactly as before.
-
-    The frame is coerced as pandera coerces it, then checked as pandera checks: exact columns in order, dtypes,
-    nullability, ``in_range`` and ``isin`` checks ignoring missing values, unique column combinations.
-    """
-    understood = (
-        not (schema.checks or schema.parsers or schema.add_missing_columns or schema.drop_invalid_rows)
-        and schema.index is None and schema.dtype is None
-        and schema.coerce and schema.strict is True and schema.ordered
-        and list(frame.columns) == list(schema.columns) and frame.columns.is_unique
-    )  # fmt: skip
-    if not understood:
-        return None
-    # pandera coerces a column by ``astype`` to its dtype; doing that only for the columns whose dtype differs
-    # (the string columns, to pandas' default string dtype) skips pandera's per-column machinery on each chunk
-    differing = {
-        name: column.dtype.type for name, column in schema.columns.items() if frame[name].dtype != column.dtype.type
-    }
-    try:
-        coerced = frame.astype(differing) if differing else frame
-    except (TypeError, ValueError):
-        return None  # pandera reports it
-    if not all(_column_passes(coerced[name], column) for name, column in schema.columns.items()):
-        return None
-    unique = [schema.unique] if isinstance(schema.unique, str) else schema.unique
-    if unique and coerced.duplicated(subset=list(unique)).any():
-        return None
-    return coerced
-
-
-def _column_passes(values: pd.Series, column: pandera.api.pandas.components.Column) -> bool:
-    if column.regex or column.unique or column.parsers or not column.required or values.dtype != column.dtype.type:
-        return False
-    missing = values.isna().to_numpy()
-    if not column.nullable and missing.any():
-        return False
-    return all(_check_passes(values, missing, check) for check in column.checks)
-
-
-def _check_passes(values: pd.Series, missing: np.ndarray, check: pandera.api.checks.Check) -> bool:
-    stats = check.statistics
-    if not check.ignore_na or check.groupby is not None or check.element_wise:
-        return False
-    if check.name == "in_range":
-        numbers = values.to_numpy(dtype="float64", na_value=np.nan)
-        low, high = stats["min_value"], stats["max_value"]
-        with np.errstate(invalid="ignore"):
-            above = numbers >= low if stats["include_min"] else numbers > low
-            below = numbers <= high if stats["include_max"] else numbers < high
-        return bool((above & below | missing).all())
-    if check.name == "isin":
-        return bool((values.isin(list(stats["allowed_values"])).to_numpy() | missing).all())
-    return False

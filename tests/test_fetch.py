@@ -23,7 +23,7 @@ import yaml
 from pipeline import fetch
 from pipeline.errors import ConfigError, ExitCode, PipelineError
 from pipeline.fetch import MIRROR_ENV, PROVENANCE_FILE, fetch_source, load_source_spec, mirror_from_env, provenance
-from pipeline.sources.bids import BidsSourceSpec
+from pipeline.sources.bids_spec import BidsSourceSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get(MIRROR_ENV) or ROOT.parent / "shared" / "datasets")

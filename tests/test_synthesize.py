@@ -50,7 +50,8 @@ from pipeline.synthesize import (
     term_values,
     true_contributions,
 )
-from pipeline.synthesize.export import EXPORT_COLUMNS, IMPOSSIBLE_RANGES, export_layout
+from pipeline.synthesize.defects import IMPOSSIBLE_RANGES
+from pipeline.synthesize.export import EXPORT_COLUMNS, export_layout
 from pipeline.synthesize.outcomes import madrs_from_latent, probability_given_markers, remission_threshold
 from pipeline.synthesize.params import PSYCHOTHERAPIES, ROUTES
 from pipeline.synthesize.truth import CANONICAL_COLUMNS

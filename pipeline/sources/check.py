@@ -16,7 +16,7 @@ from pipeline.contract import TIMING_ORDER, CohortContract, ColumnSpec, load_con
 from pipeline.errors import ConfigError
 from pipeline.harmonise import DERIVED_COLUMNS, constant_problems
 from pipeline.scales import ScaleConversions, load_scale_conversions
-from pipeline.sources.bids import BidsSourceSpec
+from pipeline.sources.bids_spec import BidsSourceSpec
 from pipeline.sources.spec import SPEC_HINT, TabularSourceSpec, parse_tabular_spec
 
 # which section of a tabular config maps each kind of column

@@ -75,8 +75,9 @@ from pipeline.params import BaseParams, parse_section, read_params_file
 from pipeline.paths import ProjectPaths
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources.spec import TabularSourceSpec, read_tabular_spec
+from pipeline.synthesize.defects import apply_defects, corrupt
 from pipeline.synthesize.effects import OUTCOMES, auroc, oracle_aurocs, planted_effects, true_contributions
-from pipeline.synthesize.export import apply_defects, corrupt, export_layout, render_clean_export
+from pipeline.synthesize.export import export_layout, render_clean_export
 from pipeline.synthesize.outcomes import bivariate_normal_upper, model_terms, planted_coefficients, term_values
 from pipeline.synthesize.params import SynthesizeParams
 from pipeline.synthesize.truth import PROBABILITY_COLUMNS, SimulatedTruth, simulate_truth

@@ -25,14 +25,9 @@ from pipeline.harmonise import harmonise
 from pipeline.paths import ProjectPaths
 from pipeline.quarantine import QUARANTINE_DTYPES, Reason
 from pipeline.scales import ScaleConversions
-from pipeline.sources.bids import (
-    BidsAdapter,
-    Disposition,
-    harmonise_rules,
-    load_bids_spec,
-    stage_bids,
-    stage_source_folder,
-)
+from pipeline.sources.bids import harmonise_rules, stage_bids, stage_source_folder
+from pipeline.sources.bids_phenotype import Disposition
+from pipeline.sources.bids_spec import BidsAdapter, load_bids_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ROOT / "configs" / "sources"
