@@ -119,8 +119,7 @@ def score(
     typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
     typer.echo(describe_scores(ctx.bundle.info.outcome, ctx.bundle.info.risk_bands), err=True)
     if engine != LOCAL_ENGINE:
-        # the Dask engine loads dask.distributed (about a second), which the local engine never needs
-        from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
+        from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415 (loads distributed; local never needs it)
 
         dask_summary = score_dataset(
             input_path, output, ctx, chunk_size=chunk_size, scheduler=scheduler, workers=workers,
