@@ -27,7 +27,9 @@ from pipeline.paths import ProjectPaths
 from pipeline.quarantine import quarantine_frame
 from pipeline.scales import ScaleConversions, load_scale_conversions
 from pipeline.sources import Staged
-from pipeline.sources.check import load_tabular_spec
+from pipeline.sources.bids import stage_source_folder
+from pipeline.sources.bids_spec import load_bids_spec
+from pipeline.sources.check import bids_problems, load_tabular_spec
 from pipeline.sources.spec import TabularSourceSpec, load_yaml_spec
 from pipeline.sources.tabular import LongStaged, read_table, stage_long, stage_tabular
 
@@ -101,9 +103,6 @@ def load_source_config(name: str, paths: ProjectPaths, contract: CohortContract,
             )
         return spec
     if kind == "bids_phenotype":
-        from pipeline.sources.bids_spec import load_bids_spec  # noqa: PLC0415 (only BIDS sources need it)
-        from pipeline.sources.check import bids_problems  # noqa: PLC0415
-
         bids = load_bids_spec(spec_path)
         problems = bids_problems(bids, contract)
         if problems:
@@ -126,7 +125,6 @@ def stage_source(name: str, paths: ProjectPaths, contract: CohortContract, scale
             staged = stage_long(frame, spec, export)
             return StagedSource(staged, rules, {"visits": visits_report(staged)}, targets)
         return StagedSource(stage_tabular(frame, spec, source_file=export), rules, {}, targets)
-    from pipeline.sources.bids import stage_source_folder  # noqa: PLC0415 (only BIDS sources need it)
 
     staged, rules, extra = stage_source_folder(paths.sources_dir / f"{name}.yaml", paths)
     return StagedSource(staged, rules, extra, bids_targets(spec))

@@ -1,11 +1,13 @@
 """The ``trd`` command: one subcommand per DVC stage, plus the batch scorer.
 
-Each command is a thin shell over a stage's ``main``; heavy imports happen inside the command so that
-``trd --help`` stays fast. User-fixable problems print one message and exit with a documented code.
+Each command is a thin shell over a stage's ``main`` (or the scorer's command in pipeline/scoring/commands.py),
+named in :data:`COMMANDS` and imported only when it runs. User-fixable problems print one message and exit with a
+documented code.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -16,7 +18,9 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.contract import load_contract
 from pipeline.errors import ExitCode, PipelineError
+from pipeline.missing import MISSING_MARKERS
 
 EXIT_CODES_HELP = "; ".join(f"{code.value} {code.name.lower().replace('_', ' ')}" for code in ExitCode)
 
@@ -50,6 +54,29 @@ def _configure_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+# Each command's code as "module:function", imported when the command runs: the stages and the scorer load pandas,
+# scikit-learn, MLflow or Dask (seconds), which `trd --help` and `trd score --help` should not wait for.
+COMMANDS = {
+    "synthesize": "pipeline.synthesize:main",
+    "fetch": "pipeline.fetch:main",
+    "clean": "pipeline.clean:main",
+    "split": "pipeline.split:main",
+    "train": "pipeline.train:main",
+    "evaluate": "pipeline.evaluate.main:main",
+    "explain": "pipeline.explain.main:main",
+    "report": "pipeline.report:main",
+    "score": "pipeline.scoring.commands:score",
+    "validate": "pipeline.scoring.commands:validate",
+    "features": "pipeline.scoring.commands:features",
+}
+
+
+def command_function(command: str) -> Callable[..., Any]:
+    """The function that runs ``command`` (a key of :data:`COMMANDS`), its module imported now."""
+    module, _, name = COMMANDS[command].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def run_guarded(action: Callable[[], Any]) -> Any:
     """Run ``action``; turn a PipelineError into one readable message and its exit code."""
     try:
@@ -62,6 +89,11 @@ def run_guarded(action: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
+def run_command(command: str, *args: Any, **kwargs: Any) -> Any:
+    """Import ``command``'s function and run it guarded (a PipelineError -> its message and exit code)."""
+    return run_guarded(lambda: command_function(command)(*args, **kwargs))
+
+
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
 
 
@@ -69,9 +101,7 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")
 def synthesize(verbose: Verbose = False) -> None:
     """Generate the synthetic cohort: a messy clinic export plus its ground truth (params: base, synthesize)."""
     _configure_logging(verbose)
-    from pipeline.synthesize import main  # noqa: PLC0415
-
-    run_guarded(main)
+    run_command("synthesize")
 
 
 @app.command()
@@ -84,18 +114,14 @@ def fetch(
     Set TRD_DATA_MIRROR to a folder holding <source>/... to fetch without network.
     """
     _configure_logging(verbose)
-    from pipeline.fetch import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(source))
+    run_command("fetch", source)
 
 
 @app.command()
 def clean(verbose: Verbose = False) -> None:
     """Harmonise every source onto the canonical cohort; quarantine bad rows with reasons (params: clean)."""
     _configure_logging(verbose)
-    from pipeline.clean import main  # noqa: PLC0415
-
-    run_guarded(main)
+    run_command("clean")
 
 
 Task = Annotated[str, typer.Argument(help="Task name from params.yaml 'tasks' (e.g. acute, course).")]
@@ -105,57 +131,43 @@ Task = Annotated[str, typer.Argument(help="Task name from params.yaml 'tasks' (e
 def split(task: Task, verbose: Verbose = False) -> None:
     """Patient-level, stratified, seeded train/test split of the training cohort for TASK (params: split)."""
     _configure_logging(verbose)
-    from pipeline.split import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(task))
+    run_command("split", task)
 
 
 @app.command()
 def train(task: Task, verbose: Verbose = False) -> None:
     """Tune, calibrate and select TASK's model by CV; log to MLflow; register; save models/TASK (params: train)."""
     _configure_logging(verbose)
-    from pipeline.train import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(task))
+    run_command("train", task)
 
 
 @app.command()
 def evaluate(task: Task, verbose: Verbose = False) -> None:
     """Validate TASK's models on the test split, against the oracle and on ds005917 (params: evaluate)."""
     _configure_logging(verbose)
-    from pipeline.evaluate.main import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(task))
+    run_command("evaluate", task)
 
 
 @app.command()
 def explain(task: Task, verbose: Verbose = False) -> None:
     """SHAP explanations of TASK's champion, checked for additivity and against the planted truth (params: explain)."""
     _configure_logging(verbose)
-    from pipeline.explain.main import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(task))
+    run_command("explain", task)
 
 
 @app.command()
 def report(task: Task, verbose: Verbose = False) -> None:
     """Write TASK's model card (reports/TASK/model_card.md and .html) from the pipeline's outputs (params: report)."""
     _configure_logging(verbose)
-    from pipeline.report import main  # noqa: PLC0415
-
-    run_guarded(lambda: main(task))
+    run_command("report", task)
 
 
 def _input_contract_help() -> str:
     """The default (canonical) input contract, read from configs/cohort_schema.yaml, for `trd score --help`."""
-    from pipeline.contract import load_contract  # noqa: PLC0415
-
     try:
         contract = load_contract(Path(__file__).resolve().parents[1] / "configs" / "cohort_schema.yaml")
     except PipelineError:
         return "Input contract: see configs/cohort_schema.yaml."
-    from pipeline.missing import MISSING_MARKERS  # noqa: PLC0415
-
     markers = ", ".join(repr(m) for m in MISSING_MARKERS if m)
     lines = [
         "Input contract (--format canonical): one row per patient, a patient_id column, and the model's",
@@ -174,87 +186,6 @@ def _input_contract_help() -> str:
             detail = "yes/no"
         lines.append(f"  {column.name}: {detail}")
     return "\n\n".join(["\n".join(lines[:2]), "\n".join(lines[2:])])
-
-
-def _check_task(task: str, model: str | None) -> None:
-    """An unknown --task is a usage error listing the tasks of params.yaml (when the model comes from models/TASK)."""
-    if model is not None:
-        return
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
-
-    try:
-        paths = ProjectPaths.discover()
-        import yaml  # noqa: PLC0415
-
-        tasks = list((yaml.safe_load(paths.params_file.read_text(encoding="utf-8")) or {}).get("tasks") or {})
-    except (PipelineError, OSError, ValueError):
-        return  # outside the project: the model loader reports what is missing
-    if tasks and task not in tasks:
-        raise PipelineError(
-            f"unknown task '{task}'", exit_code=ExitCode.USAGE,
-            hint=f"use --task with one of: {', '.join(tasks)} (params.yaml tasks), or give --model",
-        )  # fmt: skip
-
-
-def _tabular_formats() -> list[str]:
-    """Names of the tabular sources in configs/sources/ (the layouts --format accepts besides canonical)."""
-    import yaml  # noqa: PLC0415
-
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
-
-    try:
-        folder = ProjectPaths.discover().sources_dir
-    except PipelineError:
-        return []
-    names = []
-    for path in sorted(folder.glob("*.yaml")):
-        if path.stem == "canonical":
-            continue  # the scorer's default layout, listed first by the caller
-        try:
-            if (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("kind") == "tabular_export":
-                names.append(path.stem)
-        except (OSError, yaml.YAMLError):
-            continue  # a broken source file is reported when it is used
-    return names
-
-
-def _context(input_path: Path, *, model: str | None, task: str, input_format: str | None, **options: Any) -> Any:
-    """The scoring context, its layout checked against the file's header (only the header is read here).
-
-    Without --format: the layout whose columns the header holds, canonical first. A --format whose columns are
-    missing, or an unknown one, stops here with what is missing and the layouts that fit.
-    """
-    from pipeline import scoring  # noqa: PLC0415
-    from pipeline.paths import ProjectPaths  # noqa: PLC0415
-    from pipeline.scoring.context import configs_folder  # noqa: PLC0415
-    from pipeline.scoring.detect import choose_layout, read_header  # noqa: PLC0415
-    from pipeline.scoring.layout import CANONICAL_FORMAT, required_columns  # noqa: PLC0415
-    from pipeline.scoring.layout import input_format as layout_named  # noqa: PLC0415
-
-    _check_task(task, model)
-    try:
-        paths: Any = ProjectPaths.discover()
-    except PipelineError:
-        paths = None  # outside the project: only the canonical layout exists
-    names = [CANONICAL_FORMAT, *(_tabular_formats() if paths else [])]
-    if input_format is not None and input_format not in names:
-        raise PipelineError(
-            f"unknown input format '{input_format}'", exit_code=ExitCode.USAGE,
-            hint=f"use --format with one of: {', '.join(names)} (layouts in configs/sources/)",
-        )  # fmt: skip
-    common = {"model": model, "task": task, "source_file": input_path.name, **options}
-    ctx = scoring.build_context(input_format_name=input_format or CANONICAL_FORMAT, **common)
-    header = read_header(input_path)
-    if header is None:  # a folder, a glob or an unreadable file: the reader reports
-        return ctx
-    needed = ctx.bundle.feature_spec.input_columns
-    configs = configs_folder(paths)
-    required = {name: required_columns(layout_named(name, configs, paths, ctx.contract), needed) for name in names}
-    chosen = choose_layout(header, required, input_path, requested=input_format)
-    if chosen == (input_format or CANONICAL_FORMAT):
-        return ctx
-    typer.echo(f"input layout: --format {chosen} (its columns match configs/sources/{chosen}.yaml)", err=True)
-    return scoring.build_context(input_format_name=chosen, **common)
 
 
 FormatOption = Annotated[
@@ -335,39 +266,10 @@ def score(
     use by another run).
     """
     _configure_logging(verbose)
-    from pipeline.scoring import progress_wanted, score_file  # noqa: PLC0415
-    from pipeline.tasks import describe_scores  # noqa: PLC0415
-
-    def action() -> None:
-        if engine is Engine.LOCAL and (scheduler or workers):
-            raise PipelineError("--scheduler and --workers need --engine dask", exit_code=ExitCode.USAGE)
-        if scheduler and workers:
-            raise PipelineError(
-                "give --scheduler or --workers, not both", exit_code=ExitCode.USAGE,
-                hint="--workers sizes a local cluster; a remote cluster has its own workers",
-            )  # fmt: skip
-        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=explain, top_k=top_k)
-        typer.echo(f"model manifest sha256 {ctx.bundle.manifest_sha256 or 'none (saved before manifests)'}", err=True)
-        typer.echo(describe_scores(ctx.bundle.info.outcome, ctx.bundle.info.risk_bands), err=True)
-        if engine is Engine.DASK:
-            from pipeline.scoring.dask_engine import score_dataset  # noqa: PLC0415
-
-            dask_summary = score_dataset(
-                input_path, output, ctx, chunk_size=chunk_size, scheduler=scheduler, workers=workers,
-                progress=progress_wanted(),
-            )  # fmt: skip
-            typer.echo(dask_summary.line(), err=True)
-            for name, message in dask_summary.failed:
-                typer.secho(f"partition not scored: {name}: {message}", fg=typer.colors.YELLOW, err=True)
-            if dask_summary.rejected or dask_summary.failed:
-                raise typer.Exit(int(ExitCode.ROWS_REJECTED))
-            return
-        summary = score_file(input_path, output, ctx, chunk_size=chunk_size, progress=progress_wanted())
-        typer.echo(summary.line(), err=True)
-        if summary.rejected:
-            raise typer.Exit(int(ExitCode.ROWS_REJECTED))
-
-    run_guarded(action)
+    run_command(
+        "score", input_path, output, task=task, model=model, explain=explain, top_k=top_k, chunk_size=chunk_size,
+        input_format=input_format, engine=engine.value, scheduler=scheduler, workers=workers,
+    )  # fmt: skip
 
 
 @app.command()
@@ -384,23 +286,7 @@ def validate(
     Exit codes: 0 every row valid; 5 some rows would be rejected; 2 usage; 3 unreadable input; 4 model problem.
     """
     _configure_logging(verbose)
-    from pipeline.scoring import validate_file  # noqa: PLC0415
-
-    def action() -> None:
-        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=False, top_k=1)
-        report = validate_file(input_path, ctx, chunk_size=chunk_size)
-        typer.echo(f"{input_path}: {report.rows} rows, {report.valid} valid, {report.rejected} would be rejected")
-        for reason, count in sorted(report.rejected_by_reason.items()):
-            typer.echo(f"  {reason}: {count}")
-        for example in report.examples:
-            typer.echo(f"  {example}")
-        missing = {k: v for k, v in report.missing_by_column.items() if v}
-        if missing:
-            typer.echo("missing values (scored as missing): " + ", ".join(f"{k} {v}" for k, v in missing.items()))
-        if report.rejected:
-            raise typer.Exit(int(ExitCode.ROWS_REJECTED))
-
-    run_guarded(action)
+    run_command("validate", input_path, task=task, model=model, input_format=input_format, chunk_size=chunk_size)
 
 
 @app.command()
@@ -421,13 +307,9 @@ def features(
     Exit codes: 0 written; 2 usage; 3 unreadable input; 4 model problem; 7 output not writable.
     """
     _configure_logging(verbose)
-    from pipeline.scoring.feature_matrix import export_features  # noqa: PLC0415
-
-    def action() -> None:
-        ctx = _context(input_path, model=model, task=task, input_format=input_format, explain=False, top_k=1)
-        typer.echo(export_features(input_path, output, ctx, chunk_size=chunk_size).line(output), err=True)
-
-    run_guarded(action)
+    run_command(
+        "features", input_path, output, task=task, model=model, input_format=input_format, chunk_size=chunk_size
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.paths import ProjectPaths
+from pipeline.scales import load_scale_conversions
 
 Dtype = Literal["string", "category", "float", "int", "bool"]
 Role = Literal["identifier", "metadata", "baseline_predictor", "early_predictor", "outcome", "provenance"]
@@ -191,8 +193,6 @@ def cohort_source_names(folder: Path) -> list[str]:
 def load_contract(path: Path | None = None) -> CohortContract:
     """Read and check ``configs/cohort_schema.yaml``; a broken file is a ConfigError naming it."""
     if path is None:
-        from pipeline.paths import ProjectPaths  # noqa: PLC0415 (keeps the contract importable without a project)
-
         path = ProjectPaths.discover().cohort_schema
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -222,8 +222,6 @@ def _with_derived_levels(raw: object, path: Path) -> object:
                 )
             derived = cohort_source_names(folder)
         elif origin == "scales":
-            from pipeline.scales import load_scale_conversions  # noqa: PLC0415 (scales imports nothing from here)
-
             derived = load_scale_conversions(path.parent / "scale_conversions.yaml").names
         else:
             columns.append(column)

@@ -11,14 +11,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
 FIGURE_DPI = 120
 
 
 def new_figure(width: float = 5.5, height: float = 5.0) -> Any:
     """A figure on its own Agg canvas, laid out by constrained layout."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (matplotlib loads only to draw)
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure

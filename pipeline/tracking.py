@@ -25,11 +25,18 @@ import itertools
 import logging
 import math
 import os
+import sqlite3
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# at the top: every module that imports this one logs to MLflow (the scorer imports it only for a registry URI)
+import mlflow
+import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +83,6 @@ def relocate_store(db: Path, artifacts: Path) -> dict[str, str]:
     For a project folder moved or copied with its store: returns {old prefix: new prefix} (empty when nothing
     pointed elsewhere, when ``artifacts`` does not exist, or when the store has no MLflow tables yet).
     """
-    import sqlite3  # noqa: PLC0415
-
     artifacts = Path(artifacts).resolve()
     if not Path(db).is_file() or not artifacts.is_dir():
         return {}
@@ -106,8 +111,6 @@ def use_store(project_root: Path) -> str:
 
     The embedded store is relocated first if it was moved or copied from another folder (:func:`relocate_store`).
     """
-    import mlflow  # noqa: PLC0415
-
     uri = tracking_uri(project_root)
     db = store_root(project_root) / "mlflow.db"
     if uri == f"sqlite:///{db}":  # the embedded store only, never a server's
@@ -119,8 +122,6 @@ def use_store(project_root: Path) -> str:
 
 def registry_version(model_uri: str) -> str:
     """The version number a ``models:/name@alias`` or ``models:/name/3`` URI resolves to."""
-    from mlflow import MlflowClient  # noqa: PLC0415
-
     reference = model_uri.removeprefix("models:/")
     client = MlflowClient()
     if "@" in reference:
@@ -133,8 +134,6 @@ def registry_version(model_uri: str) -> str:
 def configure(project_root: Path, experiment: str) -> str:
     """Point MLflow at the store and make sure ``experiment`` exists, with artifacts under the store root and
     its kind set to model development (also on experiments created before the kind was set)."""
-    import mlflow  # noqa: PLC0415
-
     uri = use_store(project_root)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is None:
@@ -155,8 +154,6 @@ def configure(project_root: Path, experiment: str) -> str:
 
 def find_model_version(registered_name: str, estimator_sha256: str, *, with_run: bool = False) -> Any | None:
     """The newest registered version of ``registered_name`` whose estimator hash matches (with a run, if asked)."""
-    from mlflow import MlflowClient  # noqa: PLC0415
-
     versions = MlflowClient().search_model_versions(f"name = '{registered_name}'")
     matches = [v for v in versions if v.tags.get("estimator_sha256") == estimator_sha256 and (v.run_id or not with_run)]
     return max(matches, key=lambda v: int(v.version)) if matches else None
@@ -184,8 +181,6 @@ def model_descriptions(trained: Any, task_description: str) -> tuple[str, str]:
 
 def describe_model(name: str, version: str, trained: Any, task_description: str) -> None:
     """Set the registered model's and this version's descriptions (shown in the registry UI)."""
-    from mlflow import MlflowClient  # noqa: PLC0415
-
     model, version_text = model_descriptions(trained, task_description)
     client = MlflowClient()
     client.update_registered_model(name, description=model)
@@ -194,8 +189,6 @@ def describe_model(name: str, version: str, trained: Any, task_description: str)
 
 def find_training_run(registered_name: str, estimator_sha256: str) -> str | None:
     """Run id of the newest registered version of ``registered_name`` whose estimator hash matches, if any."""
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
     try:
         version = find_model_version(registered_name, estimator_sha256, with_run=True)
     except MlflowException as exc:
@@ -245,8 +238,6 @@ def run_tags(project_root: Path) -> dict[str, str]:
 
 
 def _lock_stages(project_root: Path) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415
-
     lock = project_root / "dvc.lock"
     if not lock.is_file():
         return {}
@@ -287,8 +278,6 @@ def gate_decision(metrics: dict[str, float], min_auroc_lower: float, slope_range
 
 def promote_if_gated(name: str, version: str, reasons: list[str]) -> dict[str, Any]:
     """Move the ``champion`` alias to ``version`` only if the gate passed; record the decision on the version."""
-    from mlflow import MlflowClient  # noqa: PLC0415
-
     client = MlflowClient()
     passed = not reasons
     client.set_model_version_tag(name, version, "gate", "passed" if passed else "refused")
@@ -333,8 +322,6 @@ def stage_run(
 ) -> Iterator[Any]:
     """Open a stage's MLflow run: the store configured (outermost run only), the code and DVC tags of
     :func:`run_tags` plus ``tags``, and ``params`` logged. Yields MLflow's active run."""
-    import mlflow  # noqa: PLC0415
-
     if not nested:
         configure(project_root, experiment)
     with mlflow.start_run(run_name=run_name, nested=nested, tags={**run_tags(project_root), **(tags or {})}) as run:
@@ -351,7 +338,5 @@ def extending_training_run(project_root: Path, task_name: str, estimator_sha256:
     if run_id is None:
         yield False
         return
-    import mlflow  # noqa: PLC0415
-
     with mlflow.start_run(run_id=run_id):
         yield True

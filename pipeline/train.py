@@ -17,7 +17,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pandas as pd
+from mlflow import MlflowClient
 
 from pipeline import __version__, tracking
 from pipeline.features import training_ranges
@@ -105,9 +107,6 @@ def log_to_mlflow(
     description: str = "",
 ) -> dict[str, Any]:
     """One run per task, a nested run per candidate; the saved model logged once, registered, gated."""
-    import mlflow  # noqa: PLC0415 (MLflow is slow to import; tests of the core do not need it)
-    from mlflow import MlflowClient  # noqa: PLC0415
-
     name = trained.protocol.get("registered_model_name") or f"trd-{trained.task}"
     reasons = tracking.gate_decision(
         trained.champion.cv, params.gate.min_cv_auroc_lower, tuple(params.gate.calibration_slope)

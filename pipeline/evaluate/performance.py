@@ -24,6 +24,7 @@ from pipeline.evaluate.types import (
     Oracle,
     SubgroupParams,
 )
+from pipeline.modelling.bundle import predict_proba
 
 if TYPE_CHECKING:  # the model module imports MLflow; only the type is needed here
     from pipeline.modelling.bundle import Bundle
@@ -51,8 +52,6 @@ def check_models(task: TaskSpec, champion: Bundle, candidates: dict[str, Candida
 
 
 def predict(estimator: Any, features: pd.DataFrame) -> np.ndarray:
-    from pipeline.modelling.bundle import predict_proba  # noqa: PLC0415
-
     return predict_proba(estimator, features)
 
 

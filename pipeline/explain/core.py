@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.calibration import CalibratedClassifierCV
 
 from pipeline.errors import ConfigError, ModelError, PipelineError
 from pipeline.explain.fidelity import fidelity_checks
@@ -23,6 +24,7 @@ from pipeline.explain.types import (
     PlantedReference,
 )
 from pipeline.features import FeatureSpec, build_features
+from pipeline.modelling.calibration import CalibratedModel
 from pipeline.modelling.contributions import SCALE_NOTE, explain, explained_estimator, model_margin
 from pipeline.synthesize.effects import CONTRIBUTION_SEPARATOR
 from pipeline.synthesize.planted import parse_planted_truth, true_values_of
@@ -119,10 +121,6 @@ def global_importance(values: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
 
 def calibration_map(estimator: Any) -> dict[str, Any]:
     """What turns the explained log-odds into the reported probability, in words and, where linear, numbers."""
-    from sklearn.calibration import CalibratedClassifierCV  # noqa: PLC0415
-
-    from pipeline.modelling.calibration import CalibratedModel  # noqa: PLC0415
-
     model, note = explained_estimator(estimator)
     explained = {"explained_model": type(model).__name__, "note": note}
     if isinstance(estimator, CalibratedModel):

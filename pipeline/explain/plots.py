@@ -7,7 +7,9 @@ import math
 import warnings
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
+import shap
 
 from pipeline.explain.types import (
     DEPENDENCE_BINS,
@@ -55,8 +57,6 @@ def _display_text(result: Explanation, row: int) -> np.ndarray:
 
 
 def _shap_explanation(result: Explanation, rows: np.ndarray) -> Any:
-    import shap  # noqa: PLC0415
-
     return shap.Explanation(
         values=result.values.to_numpy()[rows],
         base_values=result.base_value[rows],
@@ -67,8 +67,6 @@ def _shap_explanation(result: Explanation, rows: np.ndarray) -> Any:
 
 def importance_figure(result: Explanation) -> Any:
     """Mean |SHAP| per canonical feature over every test row (shap's bar plot)."""
-    import shap  # noqa: PLC0415
-
     n_features = result.values.shape[1]
     figure = new_figure(7.5, 0.32 * n_features + 1.6)
     axes = figure.subplots()
@@ -81,8 +79,6 @@ def importance_figure(result: Explanation) -> Any:
 
 def beeswarm_figure(result: Explanation) -> Any:
     """Every sampled patient's SHAP value per feature, coloured by the feature's value (shap's beeswarm)."""
-    import shap  # noqa: PLC0415
-
     n_features = result.values.shape[1]
     figure = new_figure(8.0, 0.36 * n_features + 1.8)
     axes = figure.subplots()
@@ -177,9 +173,6 @@ def dependence_figure(result: Explanation, feature: str) -> Any:
 
 def waterfall_figure(result: Explanation, row: int) -> Any:
     """One test patient's SHAP values from the base value to their log-odds (shap's waterfall), by row number."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 (shap's waterfall draws on pyplot's current figure)
-    import shap  # noqa: PLC0415
-
     figure = plt.figure()
     explanation = shap.Explanation(
         values=result.values.to_numpy()[row],

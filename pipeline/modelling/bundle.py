@@ -33,6 +33,7 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,8 +133,6 @@ class Manifest(BaseModel):
 
 def pip_requirements() -> list[str]:
     """Pinned requirements of the pyfunc, read from this environment (MLflow's inference is slow and noisy)."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
     pins = []
     for package in ("mlflow", "scikit-learn", "xgboost-cpu", "skops", "pandas", "numpy", "pydantic", "pyyaml"):
         try:
@@ -207,6 +206,7 @@ def dump_estimator(estimator: Any, path: Path) -> str:
 
 def feature_signature(feature_names: list[str]) -> Any:
     """All-float64 input signature with every feature optional (any clinical value may be missing)."""
+    # MLflow takes seconds to import; the scorer loads bundles without it, so only saving/logging imports it
     from mlflow.models import ModelSignature  # noqa: PLC0415
     from mlflow.types import ColSpec, Schema  # noqa: PLC0415
 
@@ -383,7 +383,7 @@ def log_saved_model(model_dir: Path, registered_name: str) -> str:
     The same artifact files (byte for byte) and the same code are logged, so the registry version and
     ``models/<task>`` hold the same model.
     """
-    import mlflow.models  # noqa: PLC0415
+    import mlflow.models  # noqa: PLC0415 (slow import, only needed when logging)
     import mlflow.pyfunc  # noqa: PLC0415
 
     artifacts_dir = Path(model_dir) / "artifacts"
@@ -407,7 +407,7 @@ def load_bundle(location: str | Path) -> Bundle:
     """Load ``models/<task>`` (a folder) or a registry URI such as ``models:/trd-acute@champion``."""
     text = str(location)
     if text.startswith(("models:/", "runs:/")):
-        import mlflow.artifacts  # noqa: PLC0415
+        import mlflow.artifacts  # noqa: PLC0415 (slow import; a model folder is loaded without MLflow)
 
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))

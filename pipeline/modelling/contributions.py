@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
@@ -108,14 +110,14 @@ def _source_feature(transformed: str, inputs: pd.Index) -> str:
 
 def _tree_contributions(model: Any, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, str]:
     if type(model).__name__ == "XGBClassifier":
-        import xgboost  # noqa: PLC0415
+        import xgboost  # noqa: PLC0415 (only XGBoost models need it; the scorer of others never loads it)
 
         contribs = model.get_booster().predict(
             xgboost.DMatrix(X, missing=np.nan, feature_names=list(X.columns)), pred_contribs=True
         )
         return contribs[:, :-1].astype("float64"), contribs[:, -1].astype("float64"), "xgboost pred_contribs"
     if isinstance(model, HistGradientBoostingClassifier):
-        import shap  # noqa: PLC0415
+        import shap  # noqa: PLC0415 (slow import, numba; only this model type needs it, not the scorer)
 
         explainer = shap.TreeExplainer(model)
         values = np.asarray(explainer.shap_values(X), dtype="float64")
@@ -164,9 +166,6 @@ def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k
     ("bmi 31.2 kg/m2 raises the probability") is built once per distinct value shown, and the rows' texts are
     joined by Arrow.
     """
-    import pyarrow as pa  # noqa: PLC0415
-    import pyarrow.compute as pc  # noqa: PLC0415
-
     values = explained.values.to_numpy()
     k = min(k, values.shape[1])
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
@@ -201,8 +200,6 @@ def top_drivers(explained: Explained, cohort: pd.DataFrame, spec: FeatureSpec, k
 def _text(strings: Any) -> Any:
     """Arrow strings as the column pandas itself makes of Python strings, without building the Python strings:
     its Arrow-backed ``str`` dtype (pandas 3) wraps the Arrow data; otherwise an object array."""
-    import pyarrow as pa  # noqa: PLC0415
-
     dtype = pd.Series(["text"]).dtype
     if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
         return pd.array(strings.cast(pa.large_string()), dtype=dtype)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from sklearn.base import BaseEstimator
 
 from pipeline import metrics
@@ -68,7 +69,6 @@ def internal_validation(
     n = len(y)
     streams = np.random.SeedSequence(entropy=seed, spawn_key=(zlib.crc32(b"internal_validation"),))
     indices = [np.random.default_rng(s).integers(0, n, n) for s in streams.spawn(settings.bootstrap_repetitions)]
-    from joblib import Parallel, delayed  # noqa: PLC0415 (scikit-learn's dependency)
 
     runs = Parallel(n_jobs=params.n_jobs)(
         delayed(_bootstrap_once)(champion, X, y, index, folds=params.cv_folds, seed=seed) for index in indices

@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from pydantic import Field
 
 from pipeline import tracking
@@ -211,9 +213,6 @@ def registry_info(root: Path, registered_name: str, estimator_sha256: str) -> Re
     uri = tracking.tracking_uri(root)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return RegistryInfo(registered_name, reason="no MLflow store was reachable")
-    from mlflow import MlflowClient  # noqa: PLC0415 (mlflow is slow to import; only needed with a store)
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
     try:
         tracking.use_store(root)
         version = tracking.find_model_version(registered_name, estimator_sha256)

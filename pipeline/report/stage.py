@@ -8,6 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow.exceptions import MlflowException
+
 from pipeline import tracking
 from pipeline.io import atomic_paths
 from pipeline.params import read_params_file
@@ -67,9 +70,6 @@ def log_to_mlflow(root: Path, registry: RegistryInfo, files: tuple[Path, ...]) -
     if registry.run_id is None:
         log.warning("%s: model card not logged to MLflow (%s)", registry.name, registry.reason or "no training run")
         return False
-    import mlflow  # noqa: PLC0415 (slow to import; only needed with a run)
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
-
     try:
         tracking.use_store(root)
         with mlflow.start_run(run_id=registry.run_id):

@@ -20,6 +20,7 @@ from pipeline.errors import ExitCode, PipelineError
 from pipeline.features import build_features, insufficient_data, outside_training_range
 from pipeline.harmonise import HarmoniseResult, harmonise
 from pipeline.modelling.bundle import Bundle, risk_band
+from pipeline.modelling.contributions import Explained, explain, top_drivers
 from pipeline.quarantine import Reason
 from pipeline.scoring.context import ScoringContext
 from pipeline.scoring.inputs import iter_chunks
@@ -129,8 +130,6 @@ def score_frame(frame: pd.DataFrame, first_row: int, ctx: ScoringContext) -> tup
         }
     )
     if ctx.explain:
-        from pipeline.modelling.contributions import Explained, explain, top_drivers  # noqa: PLC0415
-
         if len(features):
             explained = explain(ctx.bundle.estimator, features, ctx.bundle.feature_spec)
         else:

@@ -12,6 +12,8 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from pipeline.errors import ExitCode, PipelineError
 
 
@@ -22,8 +24,6 @@ def read_header(path: Path) -> set[str] | None:
         return None
     try:
         if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq  # noqa: PLC0415
-
             metadata = pq.read_metadata(path)
             return set(metadata.schema.names) if metadata.num_rows else None
         with path.open(newline="", encoding="utf-8-sig") as handle:

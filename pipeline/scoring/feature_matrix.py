@@ -16,6 +16,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from pipeline.errors import ExitCode, PipelineError
+from pipeline.features import build_features, insufficient_data
+from pipeline.harmonise import harmonise
+from pipeline.io import atomic_path
+from pipeline.scoring.inputs import iter_chunks
+from pipeline.scoring.layout import required_columns
+from pipeline.sources.tabular import stage_tabular
+from pipeline.tasks import ineligible_rows
 
 if TYPE_CHECKING:
     from pipeline.scoring.context import ScoringContext
@@ -41,12 +48,6 @@ class FeatureExport:
 
 def feature_rows(frame: pd.DataFrame, first_row: int, ctx: ScoringContext, seen: set[str]) -> pd.DataFrame:
     """One input chunk -> the feature rows of the rows the scorer would score (``seen``: ids already kept)."""
-    from pipeline.features import build_features, insufficient_data  # noqa: PLC0415
-    from pipeline.harmonise import harmonise  # noqa: PLC0415
-    from pipeline.scoring.layout import required_columns  # noqa: PLC0415
-    from pipeline.sources.tabular import stage_tabular  # noqa: PLC0415
-    from pipeline.tasks import ineligible_rows  # noqa: PLC0415
-
     spec = ctx.bundle.feature_spec
     staged = stage_tabular(
         frame, ctx.spec, ctx.source_file, required=required_columns(ctx.spec, spec.input_columns), first_row=first_row
@@ -64,9 +65,6 @@ def feature_rows(frame: pd.DataFrame, first_row: int, ctx: ScoringContext, seen:
 
 def export_features(input_path: Path, output: Path, ctx: ScoringContext, *, chunk_size: int) -> FeatureExport:
     """Write the feature matrix of ``input_path`` to ``output`` (.csv or .parquet), whole or not at all."""
-    from pipeline.io import atomic_path  # noqa: PLC0415
-    from pipeline.scoring.inputs import iter_chunks  # noqa: PLC0415
-
     output = Path(output)
     if output.suffix.lower() not in SUFFIXES:
         raise PipelineError(
