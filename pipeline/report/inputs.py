@@ -81,7 +81,6 @@ class RegistryInfo:
     run_id: str | None = None
     gate: str | None = None  # "passed" or "refused" (version tag written by the train stage)
     gate_reasons: str | None = None
-    training_git_sha: str | None = None
     reason: str | None = None  # why nothing was found
 
     @property
@@ -221,7 +220,6 @@ def registry_info(root: Path, registered_name: str, estimator_sha256: str) -> Re
         client = MlflowClient()
         # search results carry no aliases: read them from the registered model
         champion = (client.get_registered_model(registered_name).aliases or {}).get(CHAMPION_ALIAS)
-        run_sha = client.get_run(version.run_id).data.tags.get("git_sha") if version.run_id else None
         return RegistryInfo(
             name=registered_name,
             version=str(version.version),
@@ -229,7 +227,6 @@ def registry_info(root: Path, registered_name: str, estimator_sha256: str) -> Re
             run_id=version.run_id or None,
             gate=version.tags.get("gate"),
             gate_reasons=version.tags.get("gate_reasons"),
-            training_git_sha=run_sha,
         )
     except (MlflowException, OSError) as exc:
         log.warning("MLflow registry lookup for %s failed: %s", registered_name, exc)

@@ -17,7 +17,8 @@ Outputs (data/raw/synthetic/):
   ``response_acute`` and ``response_end`` (columns ``<outcome>.<feature>``), what the explain stage's fidelity
   checks compare the model's SHAP values with.
 
-Generative model (figures and citations are in params.yaml, ``synthesize:``; docs/literature.md §8):
+Generative model (figures in params.yaml, ``synthesize:``; their citations in configs/params_citations.yaml;
+docs/literature.md §8):
 
 1. **Sites** have their own case-mix: mean age, route mix, psychotherapy mix, the rating scale and body-size units
    they record, and a log-odds offset shared by every outcome (:mod:`.cohort`).

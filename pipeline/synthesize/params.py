@@ -1,8 +1,8 @@
 """The ``synthesize`` section of params.yaml as a typed, frozen model.
 
-Every figure lives in params.yaml next to its literature citation; this module only states what a valid value
-is. Cross-field rules (mixes that sum to 1, a positive-definite correlation matrix, reachable targets) are
-checked here too, so a bad value fails with ``synthesize.<param>`` before anything is generated.
+Every figure lives in params.yaml and its literature citation in configs/params_citations.yaml; this module only
+states what a valid value is. Cross-field rules (mixes that sum to 1, a positive-definite correlation matrix,
+reachable targets) are checked here too, so a bad value fails with ``synthesize.<param>`` before anything is generated.
 """
 
 from __future__ import annotations
@@ -423,7 +423,7 @@ class BloodPressureParams(Frozen):
 
 
 class SynthesizeParams(Frozen):
-    """The whole ``synthesize`` section (params.yaml holds every value with its citation)."""
+    """The whole ``synthesize`` section (params.yaml holds every value; configs/params_citations.yaml its citation)."""
 
     n_patients: int = Field(ge=100, le=20_000_000)
     effect_scale: float = Field(ge=0, le=5)
