@@ -26,6 +26,15 @@ from pipeline.tasks import TasksParams, task_predictors
 TASK = "acute"
 SHA = "a" * 64
 PATIENT_IDS = ("syn-000123", "syn-004567", "sub-MOA999")
+# facts without a file behind them: computed ones, and the registry rule (the card holds no store-specific value)
+UNSOURCED_KINDS = frozenset({"computed", "MLflow registry (pipeline/tracking.py)"})
+
+
+def unsourced_kinds(result: dict) -> set[str]:
+    """The kinds of source behind the facts `check_card_data` could not compare with a file."""
+    return {source.split(":")[0].split(",")[0] for source in result["unsourced"]}
+
+
 FILE_SOURCE = re.compile(r"^(?P<path>[^#\s]+)#(?P<key>\S+)$")
 TOLERANCE = 1e-12  # facts are copied, not recomputed: only float round-off may differ
 

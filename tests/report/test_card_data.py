@@ -15,10 +15,16 @@ from pipeline import metrics
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureSpec
 from pipeline.report.card_data import SECTIONS
-from tests.report.fixtures import PATIENT_IDS, TASK, build, check_card_data, fabricate, facts
-
-# facts without a file behind them: computed ones, and the registry rule (the card holds no store-specific value)
-FILE_KINDS = {"computed", "MLflow registry (pipeline/tracking.py)"}
+from tests.report.fixtures import (
+    PATIENT_IDS,
+    TASK,
+    UNSOURCED_KINDS,
+    build,
+    check_card_data,
+    fabricate,
+    facts,
+    unsourced_kinds,
+)
 
 
 def _rows(table: dict) -> dict[str, dict]:
@@ -35,7 +41,7 @@ def test_every_fact_equals_the_file_it_names(project) -> None:
     card, _, _ = build(project)
     result = check_card_data(card, project)
     assert result["checked"] > 250  # the checker compared the card's facts, not nothing
-    assert {source.split(":")[0].split(",")[0] for source in result["unsourced"]} <= FILE_KINDS
+    assert unsourced_kinds(result) <= UNSOURCED_KINDS
 
 
 def test_the_checker_catches_a_wrong_fact(project) -> None:
