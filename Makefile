@@ -88,9 +88,10 @@ remote: ## Add DVC_REMOTE (default ../trd-dvc-remote) as this clone's default DV
 	@echo "DVC remote 'local' -> $(DVC_REMOTE) (in .dvc/config.local, this clone only). Next: dvc push"
 
 exps: ## dvc exp show, one table per task that fits 160 columns: its headline metrics (always) and the params that differ
+# (the Created column is dropped: with it, safety_first_session's long column names push a changed param off screen)
 	@tasks=$$($(BIN)/python -c 'import yaml; print(*yaml.safe_load(open("params.yaml"))["tasks"])'); \
 	for task in $$tasks; do \
 	  others=$$(printf '%s\n' $$tasks | grep -vx "$$task" | paste -sd'|'); \
 	  $(BIN)/dvc exp show --no-pager --only-changed --keep "^$$task\." \
-	    --drop "^(($$others)\.|(pipeline|configs|data|models|reports)/)" || exit 1; \
+	    --drop "^(($$others)\.|(pipeline|configs|data|models|reports)/)|^Created$$" || exit 1; \
 	done
