@@ -13,7 +13,6 @@ import mlflow
 import pandas as pd
 
 from pipeline import figures, tracking
-from pipeline.contract import load_contract
 from pipeline.errors import ModelError
 from pipeline.evaluate.core import evaluate_task
 from pipeline.evaluate.plots import FIGURES, ci_label
@@ -29,9 +28,7 @@ from pipeline.evaluate.types import (
 from pipeline.headline import evaluation_headline
 from pipeline.io import atomic_folder, flatten_metrics, json_ready, read_parquet, write_frame_csv, write_json
 from pipeline.modelling.bundle import load_bundle, load_estimator
-from pipeline.params import BaseParams, parse_section, read_params_file
-from pipeline.paths import ProjectPaths
-from pipeline.tasks import TasksParams
+from pipeline.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +112,17 @@ def log_to_mlflow(task_name: str, root: Path, folder: Path, metrics_nested: dict
 
 def main(task_name: str) -> None:
 
-    paths = ProjectPaths.discover()
-    raw = read_params_file(paths.params_file)
-    seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
-    task = parse_section(TasksParams, raw, "tasks", paths.params_file).get(task_name)
-    params = parse_section(EvaluateParams, raw, "evaluate", paths.params_file)
-    contract = load_contract(paths.cohort_schema)
+    ctx = StageContext.open(task_name)
+    paths, task, contract = ctx.paths, ctx.task, ctx.contract
+    params = ctx.section(EvaluateParams, "evaluate")
 
-    test = contract.coerce(read_parquet(paths.processed_dir / task_name / "test.parquet", "test split"))
-    champion = load_bundle(paths.models_dir / task_name)
-    candidates = load_candidates(paths.models_dir / "candidates" / task_name)
+    test = contract.coerce(read_parquet(ctx.test_split, "test split"))
+    champion = load_bundle(ctx.champion_dir)
+    candidates = load_candidates(ctx.candidates_dir)
     truth_path = paths.synthetic_dir / "truth.parquet"
     truth = read_parquet(truth_path, "synthetic ground truth") if truth_path.is_file() else None
     cohort = contract.coerce(read_parquet(paths.interim_dir / "cohort.parquet", "clean cohort"))
-    cv_path = paths.reports_dir / task_name / "cv_metrics.json"
+    cv_path = ctx.reports_dir / "cv_metrics.json"
     cv = json.loads(cv_path.read_text(encoding="utf-8")) if cv_path.is_file() else {}
     internal = cv.get("internal_validation")
     development = tuple(cv.get("protocol", {}).get("development_cohorts") or ("synthetic",))
@@ -142,11 +136,11 @@ def main(task_name: str) -> None:
         truth=truth,
         cohort=cohort,
         params=params,
-        seed=seed,
+        seed=ctx.seed,
         internal=internal,
         development=development,
     )
-    folder = paths.reports_dir / task_name / OUTPUT_FOLDER
+    folder = ctx.reports_dir / OUTPUT_FOLDER
     write_outputs(evaluation, folder)
     headline = evaluation.metrics["test"]
     if headline["n"]:

@@ -11,7 +11,6 @@ import matplotlib
 import mlflow
 
 from pipeline import figures, tracking
-from pipeline.contract import load_contract
 from pipeline.errors import ConfigError
 from pipeline.explain.core import explain_task, planted_reference
 from pipeline.explain.plots import figures as drawers
@@ -27,8 +26,7 @@ from pipeline.io import (
     write_parquet,
 )
 from pipeline.modelling.bundle import load_bundle
-from pipeline.params import BaseParams, parse_section, read_params_file
-from pipeline.paths import ProjectPaths
+from pipeline.stage import StageContext
 from pipeline.synthesize.planted import PLANTED_EFFECTS_FILE, TRUE_CONTRIBUTIONS_FILE, read_planted_effects
 from pipeline.tasks import TasksParams
 
@@ -77,23 +75,20 @@ def main(task_name: str) -> None:
 
     matplotlib.use("Agg")  # shap's waterfall draws through pyplot; a stage never has a display
 
-    paths = ProjectPaths.discover()
-    raw = read_params_file(paths.params_file)
-    seed = parse_section(BaseParams, raw, "base", paths.params_file).seed
-    tasks = parse_section(TasksParams, raw, "tasks", paths.params_file)
-    task = tasks.get(task_name)
-    params = parse_section(ExplainParams, raw, "explain", paths.params_file)
+    ctx = StageContext.open(task_name)
+    paths, task, contract = ctx.paths, ctx.task, ctx.contract
+    params = ctx.section(ExplainParams, "explain")
+    tasks = ctx.section(TasksParams, "tasks")
     unknown_tasks = sorted(set(params.fidelity_exclude) - set(tasks.root))
     if unknown_tasks:
         raise ConfigError(f"explain.fidelity_exclude names unknown tasks: {unknown_tasks}", file=paths.params_file)
-    contract = load_contract(paths.cohort_schema)
 
-    test = contract.coerce(read_parquet(paths.processed_dir / task_name / "test.parquet", "test split"))
+    test = contract.coerce(read_parquet(ctx.test_split, "test split"))
     explained_split = "test"
     if test.empty:  # small-cohort protocol: no test split; the model is explained on its development patients
         explained_split = "train"
-        test = contract.coerce(read_parquet(paths.processed_dir / task_name / "train.parquet", "training split"))
-    champion = load_bundle(paths.models_dir / task_name)
+        test = contract.coerce(read_parquet(ctx.train_split, "training split"))
+    champion = load_bundle(ctx.champion_dir)
     planted_path = paths.synthetic_dir / PLANTED_EFFECTS_FILE
     contributions_path = paths.synthetic_dir / TRUE_CONTRIBUTIONS_FILE
     contributions = read_parquet(contributions_path, "true contributions") if contributions_path.is_file() else None
@@ -102,10 +97,10 @@ def main(task_name: str) -> None:
     )
 
     result = explain_task(
-        task_name, task, test, champion=champion, reference=reference, params=params, seed=seed,
+        task_name, task, test, champion=champion, reference=reference, params=params, seed=ctx.seed,
         explained_split=explained_split,
     )  # fmt: skip
-    folder = paths.reports_dir / task_name / OUTPUT_FOLDER
+    folder = ctx.reports_dir / OUTPUT_FOLDER
     write_reports(result, folder)
     write_per_patient(result, paths.root / PER_PATIENT_FOLDER / task_name)
     fidelity = result.metrics.get("fidelity")
